@@ -1,0 +1,1 @@
+"""Accounts keep Django's User; roles are groups (see roles.py)."""

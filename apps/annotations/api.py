@@ -1,0 +1,95 @@
+"""REST endpoints: proposal runs, instances by viewport, GeoJSON export."""
+
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import has_perm
+from apps.slides.models import Slide
+
+from . import services
+from .geojson import export_feature_collection
+from .models import Instance, ProposalRun
+from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
+
+
+class ProposalRunListView(APIView):
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [has_perm("slides.view_slide", "annotations.add_proposalrun")()]
+        return [has_perm("slides.view_slide", "annotations.view_proposalrun")()]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        runs = ProposalRun.objects.filter(slide=slide)[:20]
+        return Response(ProposalRunSerializer(runs, many=True).data)
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        form = ProposalRunRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        run = services.start_proposal_run(
+            slide,
+            user=request.user,
+            sam_type=form.validated_data.get("sam_type"),
+            overrides=form.validated_data.get("settings"),
+        )
+        return Response(ProposalRunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class ProposalRunDetailView(APIView):
+    permission_classes = [has_perm("annotations.view_proposalrun")]
+
+    def get(self, request, run_id):
+        return Response(ProposalRunSerializer(get_object_or_404(ProposalRun, pk=run_id)).data)
+
+
+class InstanceViewportView(APIView):
+    """Instances overlapping a viewport, as GeoJSON features (level-0 coordinates)."""
+
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        query = ViewportSerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        x_min, y_min, x_max, y_max = query.validated_data["bbox"]
+        limit = query.validated_data["limit"]
+        rows = list(
+            services.instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit + 1).values(
+                "id", "geometry", "class_name", "review_state", "source", "predicted_iou",
+                "stability_score", "area_um2",
+            )
+        )
+        features = [
+            {
+                "type": "Feature",
+                "id": row.pop("id"),
+                "geometry": row.pop("geometry"),
+                "properties": row,
+            }
+            for row in rows[:limit]
+        ]
+        return Response({
+            "type": "FeatureCollection",
+            "features": features,
+            "truncated": len(rows) > limit,
+        })
+
+
+class GeoJSONExportView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        instances = Instance.objects.filter(slide=slide).exclude(
+            review_state=Instance.ReviewState.REJECTED
+        )
+        response = HttpResponse(
+            export_feature_collection(instances.iterator(chunk_size=2000)),
+            content_type="application/geo+json",
+        )
+        response["Content-Disposition"] = f'attachment; filename="slide-{slide.pk}.geojson"'
+        return response

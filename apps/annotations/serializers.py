@@ -1,0 +1,36 @@
+from rest_framework import serializers
+
+from .models import ProposalRun
+
+
+class ProposalRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ProposalRun
+        fields = [
+            "id", "slide", "status", "sam_type", "checkpoint_sha256", "settings", "counts",
+            "tiles_done", "tiles_total", "message", "created_at", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ProposalRunRequestSerializer(serializers.Serializer):
+    sam_type = serializers.ChoiceField(choices=["vit_b", "vit_l", "vit_h"], required=False)
+    settings = serializers.DictField(required=False)
+
+
+class ViewportSerializer(serializers.Serializer):
+    """``bbox`` is x_min,y_min,x_max,y_max in level-0 pixels."""
+
+    bbox = serializers.CharField()
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=20000, default=5000)
+
+    def validate_bbox(self, value):
+        try:
+            numbers = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise serializers.ValidationError("bbox must be four numbers: x_min,y_min,x_max,y_max.")
+        if len(numbers) != 4 or numbers[0] > numbers[2] or numbers[1] > numbers[3]:
+            raise serializers.ValidationError(
+                "bbox must be four numbers x_min,y_min,x_max,y_max with min <= max."
+            )
+        return numbers

@@ -1,0 +1,244 @@
+"""Proposal runs: create, execute (in a worker), store; and viewport queries."""
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from shapely import STRtree
+from shapely.geometry import shape
+
+from ml.errors import NephrowebError
+
+from . import events
+from .geometry import instance_row
+from .models import Instance, ProposalRun
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 300
+# A new proposal overlapping a reviewed instance by this fraction of the smaller area is
+# dropped: a task never puts a duplicate on top of a human's work.
+REVIEWED_OVERLAP_FRACTION = 0.5
+PROGRESS_INTERVAL_S = 0.5
+
+
+def proposal_settings(overrides: dict | None = None):
+    """Merge the configured defaults with ``overrides`` and validate them (SettingsError)."""
+    from ml.proposals import ProposalSettings
+
+    values = {**settings.NEPHROWEB_PROPOSALS, **(overrides or {})}
+    return ProposalSettings.from_dict(values)
+
+
+def start_proposal_run(slide, *, user=None, sam_type=None, overrides=None, enqueue=True):
+    """Create a queued run and enqueue its task once the row is committed.
+
+    ``sam_type`` names the variant the checkpoint must be. Without it the run uses the
+    configured checkpoint whatever its variant (recorded after loading), or downloads
+    NEPHROWEB_SAM_TYPE when no checkpoint is configured.
+    """
+    run_settings = proposal_settings(overrides)
+    sam_type = sam_type or ""
+    with transaction.atomic():
+        run = ProposalRun.objects.create(
+            slide=slide, sam_type=sam_type, settings=run_settings.to_dict(), created_by=user
+        )
+        if enqueue:
+            from .tasks import run_proposals
+
+            transaction.on_commit(lambda: run_proposals.delay(run.pk))
+    logger.info("Queued proposal run %s on slide %s", run.pk, slide.pk)
+    return run
+
+
+def _acquire_lease(run_id: int, owner: str) -> bool:
+    now = timezone.now()
+    taken = ProposalRun.objects.filter(
+        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner),
+        pk=run_id,
+    ).update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_S))
+    return taken == 1
+
+
+def _release_lease(run_id: int, owner: str) -> None:
+    ProposalRun.objects.filter(pk=run_id, lease_owner=owner).update(
+        lease_owner="", lease_expires_at=None
+    )
+
+
+def resolve_checkpoint_for(sam_type: str, explicit_path: str = "", progress=None):
+    """Find the checkpoint file: an explicit path, NEPHROWEB_SAM_CHECKPOINT, else the cache
+    (downloading the official file once, with a checksum check)."""
+    from ml.checkpoints import OFFICIAL_CHECKPOINTS, resolve_checkpoint
+
+    path = explicit_path or settings.NEPHROWEB_SAM_CHECKPOINT or None
+    url = None
+    if path is None and settings.NEPHROWEB_SAM_DOWNLOAD_BASE_URL and sam_type in OFFICIAL_CHECKPOINTS:
+        filename = OFFICIAL_CHECKPOINTS[sam_type].url.rsplit("/", 1)[-1]
+        url = settings.NEPHROWEB_SAM_DOWNLOAD_BASE_URL.rstrip("/") + "/" + filename
+    return resolve_checkpoint(
+        sam_type,
+        checkpoint_path=path,
+        cache_dir=settings.NEPHROWEB_CHECKPOINT_CACHE,
+        url=url,
+        progress=progress,
+    )
+
+
+_model_cache: dict = {}
+
+
+def _load_model(path, sam_type):
+    """Load a SAM once per worker process; the same file is reused by later runs."""
+    from ml.sam import load_sam
+
+    key = (str(path), sam_type)
+    if key not in _model_cache:
+        _model_cache.clear()
+        _model_cache[key] = load_sam(path, sam_type=sam_type)
+    return _model_cache[key]
+
+
+def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") -> ProposalRun | None:
+    """Run a queued proposal run to the end; idempotent and safe against re-delivery.
+
+    Returns None when another worker holds the run's lease. A finished run is returned
+    as it is. Failures are stored on the run with a message for the user.
+    """
+    from ml.proposals import ProposalSettings, propose
+    from ml.slide import open_slide
+    from ml.tissue import detect_tissue
+
+    if not _acquire_lease(run_id, owner):
+        logger.info("Proposal run %s is held by another worker; skipping", run_id)
+        return None
+    run = ProposalRun.objects.select_related("slide").get(pk=run_id)
+    try:
+        if run.status == ProposalRun.Status.SUCCEEDED:
+            logger.info("Proposal run %s already succeeded; nothing to do", run_id)
+            return run
+        run.status = ProposalRun.Status.RUNNING
+        run.started_at = timezone.now()
+        run.message = ""
+        run.save(update_fields=["status", "started_at", "message"])
+        events.publish_run(run)
+
+        requested_type = run.sam_type or None
+        checkpoint = resolve_checkpoint_for(
+            requested_type or settings.NEPHROWEB_SAM_TYPE, checkpoint_path or run.checkpoint
+        )
+        loaded = _load_model(checkpoint, requested_type)
+        run.checkpoint = str(checkpoint)
+        run.checkpoint_sha256 = loaded.sha256 or ""
+        run.sam_type = loaded.sam_type or "custom"
+        run.save(update_fields=["checkpoint", "checkpoint_sha256", "sam_type"])
+
+        run_settings = ProposalSettings.from_dict(run.settings)
+        slide = run.slide
+        given_mpp = slide.mpp if slide.mpp_source == "given" else None
+        last_report = [0.0]
+
+        def report(tiles_done: int, tiles_total: int) -> None:
+            now = time.monotonic()
+            if tiles_done < tiles_total and now - last_report[0] < PROGRESS_INTERVAL_S:
+                return
+            last_report[0] = now
+            run.tiles_done, run.tiles_total = tiles_done, tiles_total
+            ProposalRun.objects.filter(pk=run.pk).update(
+                tiles_done=tiles_done,
+                tiles_total=tiles_total,
+                lease_expires_at=timezone.now() + timedelta(seconds=LEASE_S),
+            )
+            events.publish_run(run)
+
+        with open_slide(slide.file_path, mpp=given_mpp) as slide_file:
+            tissue = detect_tissue(slide_file)
+            result = propose(slide_file, loaded.model, run_settings, tissue, progress=report)
+        store_proposals(run, result)
+        logger.info("Proposal run %s stored %d proposals", run.pk, result.counts["kept"])
+    except NephrowebError as exc:
+        _fail(run, str(exc))
+    except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
+        logger.exception("Proposal run %s failed", run.pk)
+        _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")
+    finally:
+        _release_lease(run_id, owner)
+    run.refresh_from_db()
+    events.publish_run(run)
+    return run
+
+
+def _fail(run: ProposalRun, message: str) -> None:
+    logger.warning("Proposal run %s failed: %s", run.pk, message)
+    ProposalRun.objects.filter(pk=run.pk).update(
+        status=ProposalRun.Status.FAILED, message=message, finished_at=timezone.now()
+    )
+
+
+def store_proposals(run: ProposalRun, result) -> None:
+    """Replace the slide's pending SAM proposals with this run's, in one transaction.
+
+    Reviewed instances are never touched, and a new proposal that overlaps one of them is
+    dropped and counted as ``dropped_overlaps_reviewed``.
+    """
+    slide = run.slide
+    counts = dict(result.counts)
+    with transaction.atomic():
+        Instance.objects.filter(slide=slide, source=Instance.Source.SAM,
+                                review_state=Instance.ReviewState.PENDING).delete()
+        Instance.objects.filter(proposal_run=run).delete()
+        reviewed = [
+            shape(g) for g in Instance.objects.filter(slide=slide)
+            .exclude(review_state=Instance.ReviewState.PENDING)
+            .values_list("geometry", flat=True)
+        ]
+        tree = STRtree(reviewed) if reviewed else None
+        rows, dropped_reviewed = [], 0
+        for instance in result.instances:
+            polygon = instance.polygon_level0
+            if tree is not None and _overlaps_any(polygon, tree, reviewed):
+                dropped_reviewed += 1
+                continue
+            rows.append(instance_row(
+                polygon, slide=slide, mpp=slide.mpp, proposal_run=run,
+                source=Instance.Source.SAM, predicted_iou=instance.predicted_iou,
+                stability_score=instance.stability_score,
+            ))
+        Instance.objects.bulk_create(rows, batch_size=2000)
+        counts["dropped_overlaps_reviewed"] = dropped_reviewed
+        counts["stored"] = len(rows)
+        ProposalRun.objects.filter(pk=run.pk).update(
+            status=ProposalRun.Status.SUCCEEDED,
+            counts=counts,
+            tiles_done=result.tiles_total,
+            tiles_total=result.tiles_total,
+            finished_at=timezone.now(),
+        )
+
+
+def _overlaps_any(polygon, tree, reviewed) -> bool:
+    for index in tree.query(polygon):
+        other = reviewed[int(index)]
+        smaller = min(polygon.area, other.area)
+        if smaller > 0 and polygon.intersection(other).area >= REVIEWED_OVERLAP_FRACTION * smaller:
+            return True
+    return False
+
+
+def instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit):
+    """Instances whose bounding box overlaps the level-0 box (not only those starting in it)."""
+    return (
+        Instance.objects.filter(
+            slide=slide,
+            x_max_level0__gte=x_min,
+            x_min_level0__lte=x_max,
+            y_max_level0__gte=y_min,
+            y_min_level0__lte=y_max,
+        )
+        .exclude(review_state=Instance.ReviewState.REJECTED)
+        .order_by("id")[:limit]
+    )

@@ -1,0 +1,97 @@
+"""REST endpoints for slides: list, upload, detail, tissue mask, deep-zoom tiles."""
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+from rest_framework import status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import has_perm
+from ml.errors import SlideError
+
+from . import services, tiles
+from .models import Slide
+from .serializers import SlideSerializer, SlideUploadSerializer
+
+# Tiles never change for a given slide record (files are never overwritten in place).
+TILE_CACHE_CONTROL = "private, max-age=86400, immutable"
+
+
+class SlideListView(APIView):
+    parser_classes = [MultiPartParser]
+
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [has_perm("slides.add_slide")()]
+        return [has_perm("slides.view_slide")()]
+
+    def get(self, request):
+        return Response(SlideSerializer(Slide.objects.all(), many=True).data)
+
+    def post(self, request):
+        limit_bytes = settings.NEPHROWEB_MAX_UPLOAD_MB * 1024 * 1024
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > limit_bytes:
+            raise SlideError(
+                f"The upload of {declared / 2**20:.0f} MB exceeds the limit of "
+                f"{settings.NEPHROWEB_MAX_UPLOAD_MB} MB (NEPHROWEB_MAX_UPLOAD_MB)."
+            )
+        form = SlideUploadSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = dict(form.validated_data)
+        uploaded = data.pop("file")
+        slide = services.store_upload(uploaded, user=request.user, **data)
+        return Response(SlideSerializer(slide).data, status=status.HTTP_201_CREATED)
+
+
+class SlideDetailView(APIView):
+    permission_classes = [has_perm("slides.view_slide")]
+
+    def get(self, request, slide_id):
+        return Response(SlideSerializer(get_object_or_404(Slide, pk=slide_id)).data)
+
+
+class TissueView(APIView):
+    permission_classes = [has_perm("slides.view_slide")]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        return Response({"type": "Feature", "geometry": slide.tissue_geojson or None,
+                         "properties": {"area_um2": slide.tissue_area_um2}})
+
+
+class TileMetadataView(APIView):
+    permission_classes = [has_perm("slides.view_slide")]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        return Response(tiles.tile_metadata(slide.file_path))
+
+
+def _slide_for_image(request, slide_id) -> Slide:
+    if not request.user.is_authenticated or not request.user.has_perm("slides.view_slide"):
+        raise Http404  # the same response as for a missing slide, so tiles reveal nothing
+    return get_object_or_404(Slide.objects.only("file_path"), pk=slide_id)
+
+
+@require_GET
+def tile_view(request, slide_id, z, x, y):
+    """Serve one deep-zoom JPEG tile (a plain Django view: this is the hottest path)."""
+    slide = _slide_for_image(request, slide_id)
+    data = tiles.read_tile(slide.file_path, z, x, y)
+    if data is None:
+        raise Http404("No such tile.")
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = TILE_CACHE_CONTROL
+    return response
+
+
+@require_GET
+def thumbnail_view(request, slide_id):
+    slide = _slide_for_image(request, slide_id)
+    response = HttpResponse(tiles.read_thumbnail(slide.file_path), content_type="image/jpeg")
+    response["Cache-Control"] = TILE_CACHE_CONTROL
+    return response

@@ -1,0 +1,45 @@
+"""``manage.py import_slides PATH... [--mpp F] [--patient ID] [--section N] [--report-ifta F]``
+
+Prints one line per slide: its new id, or why it was rejected. Exit status 0 when all
+were imported, 1 when any was rejected (the others are still imported).
+"""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.slides.services import import_slide
+from ml.errors import NephrowebError
+
+
+class Command(BaseCommand):
+    help = "Import whole-slide image files by path (the files stay where they are)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("paths", nargs="+", help="Slide files (any format OpenSlide opens).")
+        parser.add_argument("--mpp", type=float, help="Microns per pixel, for files without one.")
+        parser.add_argument("--patient", default="", help="Patient identifier.")
+        parser.add_argument("--section", type=int, help="Section number within the biopsy.")
+        parser.add_argument("--report-ifta", type=float, help="IFTA %% from the pathology report.")
+
+    def handle(self, *args, **options):
+        rejected = 0
+        for path in options["paths"]:
+            try:
+                slide = import_slide(
+                    path,
+                    mpp=options["mpp"],
+                    patient_id=options["patient"],
+                    section=options["section"],
+                    report_ifta_pct=options["report_ifta"],
+                )
+            except NephrowebError as exc:
+                rejected += 1
+                self.stderr.write(f"rejected {path}: {exc}")
+                continue
+            self.stdout.write(
+                f"imported {path}: slide {slide.pk}, {slide.width_px}x{slide.height_px} px, "
+                f"{slide.mpp:.4f} mpp ({slide.mpp_source})"
+            )
+        if rejected:
+            raise CommandError(
+                f"{rejected} of {len(options['paths'])} slides were rejected.", returncode=1
+            )

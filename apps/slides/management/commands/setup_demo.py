@@ -1,0 +1,71 @@
+"""``manage.py setup_demo [--slide PATH] [--mpp F]``: a demo user and a slide to look at.
+
+Creates the user ``demo`` in the admin role (or resets its password), writes the
+password to the data folder and prints it. Imports ``--slide``, or a generated sample
+slide without it. Running it again does not import the same file twice.
+"""
+
+import secrets
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.accounts.roles import ADMIN
+from apps.slides.models import Slide
+from apps.slides.services import import_slide
+from ml.errors import NephrowebError
+
+DEMO_USERNAME = "demo"
+
+
+class Command(BaseCommand):
+    help = "Create the demo user and import a slide for the one-command demo."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--slide", default="", help="A slide to import instead of the sample.")
+        parser.add_argument("--mpp", type=float, help="Microns per pixel, for files without one.")
+
+    def handle(self, *args, **options):
+        password = self._ensure_user()
+        slide = self._ensure_slide(options["slide"], options["mpp"])
+        self.stdout.write(f"demo user: {DEMO_USERNAME}  password: {password}")
+        self.stdout.write(f"slide {slide.pk}: {slide.name} ({slide.width_px}x{slide.height_px} px)")
+
+    def _ensure_user(self) -> str:
+        password_file = Path(settings.DATA_DIR) / "demo-password"
+        if password_file.exists():
+            password = password_file.read_text().strip()
+        else:
+            password = secrets.token_urlsafe(9)
+            password_file.parent.mkdir(parents=True, exist_ok=True)
+            password_file.write_text(password)
+            password_file.chmod(0o600)
+        user, _ = get_user_model().objects.get_or_create(username=DEMO_USERNAME)
+        user.set_password(password)
+        user.is_staff = True
+        user.save()
+        user.groups.add(Group.objects.get(name=ADMIN))
+        return password
+
+    def _ensure_slide(self, slide_path: str, mpp):
+        if slide_path:
+            path = Path(slide_path).resolve()
+            origin = Slide.Origin.IMPORT
+        else:
+            from ml.sample_slide import write_sample_slide
+
+            path = Path(settings.MEDIA_ROOT) / "samples" / "sample-kidney-section.tiff"
+            origin = Slide.Origin.SAMPLE
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_sample_slide(path)
+        existing = Slide.objects.filter(file_path=str(path)).first()
+        if existing is not None:
+            return existing
+        try:
+            return import_slide(path, mpp=mpp, origin=origin, patient_id="demo")
+        except NephrowebError as exc:
+            raise CommandError(str(exc)) from None

@@ -1,0 +1,116 @@
+// Proposal runs on the slide page: start button, live progress, per-stage counts.
+//
+// Progress arrives on the websocket. That channel may drop messages, so the panel also
+// reloads the runs from the API every few seconds while a run is active and after every
+// reconnect.
+import { api } from "./api.js";
+
+const RESYNC_INTERVAL_MS = 3000;
+const RECONNECT_DELAY_MS = 2000;
+const ACTIVE = new Set(["queued", "running"]);
+
+const COUNT_LABELS = {
+  tiles_total: "tiles in the slide",
+  tiles_skipped_no_tissue: "tiles skipped (too little tissue)",
+  tiles_processed: "tiles processed by SAM",
+  masks_generated: "masks generated",
+  dropped_too_large: "dropped: larger than the area limit",
+  dropped_too_small: "dropped: smaller than the minimum area",
+  dropped_outside_tissue: "dropped: mostly outside tissue",
+  dropped_invalid_geometry: "dropped: invalid geometry",
+  dropped_merge_duplicate: "merged: same object in two tiles",
+  dropped_merge_conflict: "merged: overlap lost to a better mask",
+  dropped_overlaps_reviewed: "dropped: overlaps a reviewed object",
+  kept: "kept after merging",
+  stored: "stored as proposals",
+};
+
+export class RunPanel {
+  constructor(root, slideId, { onRunFinished }) {
+    this.root = root;
+    this.slideId = slideId;
+    this.onRunFinished = onRunFinished;
+    this.button = root.querySelector("#start-proposals");
+    this.progress = root.querySelector("#run-progress");
+    this.status = root.querySelector("#run-status");
+    this.message = root.querySelector("#run-message");
+    this.counts = root.querySelector("#run-counts");
+    this.lastStatus = null;
+    this.resyncTimer = null;
+
+    if (this.button) this.button.addEventListener("click", () => this.start());
+    this.connect();
+    this.resync();
+  }
+
+  async start() {
+    this.button.disabled = true;
+    this.message.textContent = "";
+    try {
+      const run = await api.startProposalRun(this.slideId);
+      this.show(run);
+    } catch (error) {
+      this.message.textContent = `Could not start proposals: ${error.message}`;
+      this.button.disabled = false;
+    }
+    this.scheduleResync();
+  }
+
+  connect() {
+    const socket = new WebSocket(api.eventsSocketUrl(this.slideId));
+    socket.addEventListener("message", (event) => {
+      const data = JSON.parse(event.data);
+      if (data.type === "run.progress") this.show(data.run);
+    });
+    socket.addEventListener("open", () => this.resync());
+    socket.addEventListener("close", () => setTimeout(() => this.connect(), RECONNECT_DELAY_MS));
+  }
+
+  scheduleResync() {
+    clearTimeout(this.resyncTimer);
+    this.resyncTimer = setTimeout(() => this.resync(), RESYNC_INTERVAL_MS);
+  }
+
+  async resync() {
+    try {
+      const runs = await api.proposalRuns(this.slideId);
+      if (runs.length > 0) this.show(runs[0]);
+      if (runs.length > 0 && ACTIVE.has(runs[0].status)) this.scheduleResync();
+    } catch (error) {
+      this.status.textContent = `Could not load proposal runs: ${error.message}`;
+      this.scheduleResync();
+    }
+  }
+
+  show(run) {
+    const active = ACTIVE.has(run.status);
+    this.root.dataset.runStatus = run.status;
+    if (this.button) this.button.disabled = active;
+    this.progress.max = Math.max(run.tiles_total, 1);
+    this.progress.value = run.tiles_done;
+    const tiles = run.tiles_total ? ` (${run.tiles_done} / ${run.tiles_total} tiles)` : "";
+    this.status.textContent = `Proposal run ${run.id}: ${run.status}${tiles}`;
+    this.message.textContent = run.status === "failed" ? run.message : "";
+    this.renderCounts(run.counts || {});
+    if (active) this.scheduleResync();
+    if (this.lastStatus && ACTIVE.has(this.lastStatus) && run.status === "succeeded") {
+      this.onRunFinished(run);
+    }
+    this.lastStatus = run.status;
+  }
+
+  renderCounts(counts) {
+    this.counts.replaceChildren();
+    for (const [key, label] of Object.entries(COUNT_LABELS)) {
+      if (!(key in counts)) continue;
+      const row = document.createElement("tr");
+      const name = document.createElement("th");
+      name.textContent = label;
+      const value = document.createElement("td");
+      value.textContent = String(counts[key]);
+      value.dataset.count = key;
+      row.append(name, value);
+      this.counts.append(row);
+    }
+  }
+}

@@ -1,0 +1,1 @@
+"""Slide access, tiling, SAM loading and proposals: plain Python with no Django imports."""

@@ -1,0 +1,256 @@
+"""Settings, all read from environment variables (12-factor).
+
+The embedded defaults run the one-command demo: SQLite, a file-system Celery broker and
+an in-process channel layer, so no server is needed. They are for the demo only; a
+deployment sets DATABASE_URL (PostgreSQL) and REDIS_URL (Celery broker and Channels
+layer). Every variable is listed in docs/configuration.md.
+"""
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean; use 1/0, true/false.")
+
+
+def env_number(name: str, default: float, cast=float):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not a valid {cast.__name__}."
+        ) from None
+
+
+DATA_DIR = Path(env_str("NEPHROWEB_DATA_DIR", str(BASE_DIR / "var")))
+DEBUG = env_bool("NEPHROWEB_DEBUG", False)
+PRODUCTION = env_bool("NEPHROWEB_PRODUCTION", False)
+
+
+def _secret_key() -> str:
+    key = env_str("NEPHROWEB_SECRET_KEY")
+    if key:
+        return key
+    if PRODUCTION:
+        raise ImproperlyConfigured("NEPHROWEB_SECRET_KEY must be set in production.")
+    # Demo only: a random key kept under the data folder so sessions survive restarts.
+    key_file = DATA_DIR / "demo-secret-key"
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = [h for h in env_str("NEPHROWEB_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
+CSRF_TRUSTED_ORIGINS = [
+    o for o in env_str("NEPHROWEB_CSRF_TRUSTED_ORIGINS").split(",") if o
+]
+
+if PRODUCTION:
+    if DEBUG:
+        raise ImproperlyConfigured("NEPHROWEB_DEBUG must be off in production.")
+    if "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured("NEPHROWEB_ALLOWED_HOSTS must list host names in production, not '*'.")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "apps.accounts",
+    "apps.slides",
+    "apps.annotations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "nephroweb.urls"
+WSGI_APPLICATION = "nephroweb.wsgi.application"
+ASGI_APPLICATION = "nephroweb.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: PostgreSQL from DATABASE_URL; SQLite (WAL, so the demo's worker and web
+# server can write at once) only as the demo default.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'nephroweb.sqlite3'}"),
+        conn_max_age=60,
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "slide-list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "frontend" / "dist"]
+# Static files come from the app and frontend/dist through Django finders, so no
+# collectstatic step is needed before the server starts.
+WHITENOISE_USE_FINDERS = True
+MEDIA_ROOT = Path(env_str("NEPHROWEB_MEDIA_ROOT", str(DATA_DIR / "media")))
+
+# Uploads above 2.5 MB stream to a temporary file. The slide limit is checked against
+# the declared Content-Length before the body is read, and against the received size
+# before the file is stored.
+NEPHROWEB_MAX_UPLOAD_MB = env_number("NEPHROWEB_MAX_UPLOAD_MB", 4096, int)
+FILE_UPLOAD_TEMP_DIR = None
+FILE_UPLOAD_PERMISSIONS = 0o640
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "apps.accounts.api.exception_handler",
+}
+
+# Redis: the Celery broker and the Channels layer. Without it (demo) Celery uses a
+# file-system broker and Channels an in-process layer, so worker progress reaches the
+# browser through its periodic resynchronisation from the API instead of the socket.
+REDIS_URL = env_str("REDIS_URL")
+BROKER_DIR = DATA_DIR / "broker"
+
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Longer than the longest task (a whole-slide proposal run or a training run),
+        # so Redis does not re-deliver a task that is still running.
+        "visibility_timeout": env_number("NEPHROWEB_TASK_VISIBILITY_TIMEOUT_S", 12 * 3600, int),
+        "global_keyprefix": env_str("NEPHROWEB_CELERY_KEY_PREFIX", ""),
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": env_str("NEPHROWEB_CHANNELS_PREFIX", "nephroweb"),
+                "capacity": 500,
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# GPU work (proposals, segmentation, training) goes to its own queue so GPU workers
+# take only that; light work stays on "default".
+CELERY_TASK_ROUTES = {"apps.annotations.tasks.run_proposals": {"queue": "gpu"}}
+CELERY_TASK_ALWAYS_EAGER = False
+
+# Tiles: large-image keeps its own cache. A Redis URL here should point at a Redis
+# instance of its own, never the broker's, so that tiles cannot crowd out queued tasks.
+# Without one, each web process keeps an in-memory cache.
+NEPHROWEB_TILE_CACHE_URL = env_str("NEPHROWEB_TILE_CACHE_URL")
+
+# SAM checkpoints and proposal defaults.
+NEPHROWEB_SAM_TYPE = env_str("NEPHROWEB_SAM_TYPE", "vit_b")
+NEPHROWEB_SAM_CHECKPOINT = env_str("NEPHROWEB_SAM_CHECKPOINT")
+NEPHROWEB_CHECKPOINT_CACHE = Path(
+    env_str("NEPHROWEB_CHECKPOINT_CACHE", str(Path.home() / ".cache" / "nephroweb" / "checkpoints"))
+)
+# Base URL of the official checkpoints; only tests and mirrors change it.
+NEPHROWEB_SAM_DOWNLOAD_BASE_URL = env_str("NEPHROWEB_SAM_DOWNLOAD_BASE_URL")
+NEPHROWEB_PROPOSALS = {
+    "mpp": env_number("NEPHROWEB_WORKING_MPP", 1.0),
+    "points_per_side": env_number("NEPHROWEB_POINTS_PER_SIDE", 32, int),
+    "pred_iou_thresh": env_number("NEPHROWEB_PRED_IOU_THRESH", 0.88),
+    "stability_score_thresh": env_number("NEPHROWEB_STABILITY_SCORE_THRESH", 0.95),
+    "min_area_um2": env_number("NEPHROWEB_MIN_AREA_UM2", 100.0),
+}
+NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
+NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("NEPHROWEB_LOG_LEVEL", "INFO")},
+    "loggers": {"large_image": {"level": "WARNING"}},
+}

@@ -1,0 +1,68 @@
+"""A running product for browser tests: daphne and a Celery worker on the test database,
+driven through Debian's Chromium by Playwright."""
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.processes import celery_worker, child_environment, web_server
+from tests.sam_factory import save_tiny_checkpoint
+from tests.web.conftest import FAST_PROPOSALS
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a closed network: no background requests to outside hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def in_thread(function, *args, **kwargs):
+    """Run database work outside Playwright's event loop, which Django's ORM refuses.
+
+    The thread closes its connection before it ends, so the test database can be dropped.
+    """
+    from django.db import connections
+
+    def work():
+        try:
+            return function(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(work).result()
+
+
+@pytest.fixture
+def live_product(transactional_db, redis_url, tmp_path):
+    """URL of the web server, with a worker beside it, both on the test database."""
+    checkpoint = save_tiny_checkpoint(tmp_path / "tiny_sam.pth")
+    env = child_environment(
+        tmp_path,
+        REDIS_URL=redis_url,
+        NEPHROWEB_SAM_CHECKPOINT=str(checkpoint),
+        NEPHROWEB_PROPOSALS_JSON=json.dumps(FAST_PROPOSALS),
+    )
+    with celery_worker(env, tmp_path / "worker.log"), web_server(env, tmp_path / "web.log") as url:
+        yield url
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        pytest.fail(f"{CHROMIUM} is missing; `make test` installs Debian's chromium package.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = context.new_page()
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()

@@ -1,0 +1,178 @@
+"""Proposal runs through the service and the ``propose`` command, storage rules, viewport
+queries and the GeoJSON export. The tiny SAM has random weights: these tests check the
+pipeline's rules, not segmentation quality."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from shapely.geometry import Polygon, box, shape
+
+from apps.annotations import services
+from apps.annotations.geometry import instance_row
+from apps.annotations.models import Instance, ProposalRun
+from apps.slides.models import Slide
+
+pytestmark = pytest.mark.django_db
+
+TILE_AREA_LEVEL0 = 0.04 * (1024 * 1.0 / 0.499) ** 2  # 4% of a 1024 px tile at 1 µm/px
+
+
+@pytest.fixture
+def cmu_slide(shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    return Slide.objects.get()
+
+
+def test_propose_command_stores_valid_proposals(cmu_slide, fast_proposals, capsys):
+    call_command("propose", str(cmu_slide.pk))
+    run = ProposalRun.objects.get()
+    assert run.status == ProposalRun.Status.SUCCEEDED, run.message
+    out = capsys.readouterr().out
+    assert f"proposal run {run.pk} on slide {cmu_slide.pk}" in out
+    counts = run.counts
+    drops = sum(v for k, v in counts.items() if k.startswith("dropped_") and k != "dropped_overlaps_reviewed")
+    assert counts["masks_generated"] == drops + counts["kept"]
+    assert counts["stored"] == counts["kept"] > 0
+    assert run.tiles_done == run.tiles_total == counts["tiles_total"]
+    tissue = shape(cmu_slide.tissue_geojson)
+    instances = list(Instance.objects.filter(slide=cmu_slide))
+    assert len(instances) == counts["stored"]
+    for instance in instances:
+        polygon = shape(instance.geometry)
+        assert polygon.is_valid
+        assert box(0, 0, 2220, 2967).contains(polygon)
+        assert polygon.area < TILE_AREA_LEVEL0
+        assert instance.area_um2 >= 50.0
+        assert polygon.intersection(tissue).area >= 0.5 * polygon.area - 1e-6
+        assert (instance.x_min_level0, instance.y_min_level0,
+                instance.x_max_level0, instance.y_max_level0) == pytest.approx(polygon.bounds, abs=0.01)
+        assert instance.review_state == "pending"
+        assert instance.source == "sam"
+
+
+def test_sam_type_mismatch_fails_with_both_names(cmu_slide, fast_proposals):
+    with pytest.raises(CommandError) as raised:
+        call_command("propose", str(cmu_slide.pk), "--sam-type", "vit_l")
+    run = ProposalRun.objects.get()
+    assert run.status == ProposalRun.Status.FAILED
+    assert "vit_l" in run.message
+    assert run.message in str(raised.value)
+    assert Instance.objects.count() == 0
+
+
+def test_rerun_replaces_pending_and_keeps_reviewed(cmu_slide, fast_proposals):
+    call_command("propose", str(cmu_slide.pk))
+    first = ProposalRun.objects.get()
+    kept_first = first.counts["stored"]
+    # A reviewer accepts one proposal: the next run must neither delete it nor put a
+    # duplicate on top of it.
+    accepted = Instance.objects.filter(slide=cmu_slide).first()
+    Instance.objects.filter(pk=accepted.pk).update(review_state="accepted")
+    call_command("propose", str(cmu_slide.pk))
+    second = ProposalRun.objects.exclude(pk=first.pk).get()
+    assert second.counts["dropped_overlaps_reviewed"] >= 1
+    assert Instance.objects.filter(proposal_run=first).count() == 1
+    assert Instance.objects.get(pk=accepted.pk).review_state == "accepted"
+    pending = Instance.objects.filter(slide=cmu_slide, review_state="pending")
+    assert set(pending.values_list("proposal_run", flat=True)) == {second.pk}
+    assert pending.count() == second.counts["stored"] == kept_first - second.counts["dropped_overlaps_reviewed"]
+
+
+def test_executing_a_finished_run_changes_nothing(cmu_slide, fast_proposals):
+    call_command("propose", str(cmu_slide.pk))
+    run = ProposalRun.objects.get()
+    before = sorted(Instance.objects.values_list("id", flat=True))
+    again = services.execute_proposal_run(run.pk, owner="second-delivery")
+    assert again.status == ProposalRun.Status.SUCCEEDED
+    assert sorted(Instance.objects.values_list("id", flat=True)) == before
+
+
+def test_run_held_by_another_worker_is_skipped(cmu_slide, fast_proposals):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    assert services._acquire_lease(run.pk, "worker-a")
+    assert services.execute_proposal_run(run.pk, owner="worker-b") is None
+    assert ProposalRun.objects.get(pk=run.pk).status == ProposalRun.Status.QUEUED
+
+
+def test_missing_checkpoint_fails_with_supply_hint(cmu_slide, settings, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port on 127.0.0.1 that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    settings.NEPHROWEB_SAM_CHECKPOINT = ""
+    settings.NEPHROWEB_CHECKPOINT_CACHE = tmp_path / "cache"
+    settings.NEPHROWEB_SAM_DOWNLOAD_BASE_URL = f"http://127.0.0.1:{closed_port}/sam"
+    with pytest.raises(CommandError) as raised:
+        call_command("propose", str(cmu_slide.pk))
+    run = ProposalRun.objects.get()
+    assert run.status == ProposalRun.Status.FAILED
+    assert "NEPHROWEB_SAM_CHECKPOINT" in run.message
+    assert "sam_vit_b_01ec64.pth" in run.message
+    assert run.message in str(raised.value)
+    assert list((tmp_path / "cache").glob("*")) == [] or not (tmp_path / "cache").exists()
+
+
+def test_bad_setting_rejected_with_field_name(cmu_slide, client_for):
+    response = client_for("annotator").post(
+        f"/api/slides/{cmu_slide.pk}/proposal-runs/",
+        {"settings": {"points_per_side": -3}},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert "points_per_side" in response.json()["detail"]
+    assert ProposalRun.objects.count() == 0
+
+
+def _square(slide, x, y, size, **fields):
+    polygon = Polygon([(x, y), (x + size, y), (x + size, y + size), (x, y + size)])
+    return instance_row(polygon, slide=slide, mpp=slide.mpp, source=Instance.Source.DRAWN, **fields)
+
+
+def test_viewport_returns_polygons_crossing_the_view(cmu_slide, client_for):
+    Instance.objects.bulk_create([
+        _square(cmu_slide, 100, 100, 50),       # inside the view
+        _square(cmu_slide, 380, 380, 100),      # starts before the view, crosses into it
+        _square(cmu_slide, 1500, 1500, 40),     # outside
+        _square(cmu_slide, 420, 420, 30, review_state="rejected"),  # rejected: hidden
+    ])
+    client = client_for("annotator")
+    body = client.get(f"/api/slides/{cmu_slide.pk}/instances/?bbox=90,90,400,400").json()
+    corners = sorted(f["geometry"]["coordinates"][0][0][0] for f in body["features"])
+    assert corners == [100, 380]
+    assert body["truncated"] is False
+    limited = client.get(f"/api/slides/{cmu_slide.pk}/instances/?bbox=0,0,3000,3000&limit=1").json()
+    assert len(limited["features"]) == 1
+    assert limited["truncated"] is True
+    bad = client.get(f"/api/slides/{cmu_slide.pk}/instances/?bbox=5,5,1")
+    assert bad.status_code == 400
+    assert "bbox" in bad.json()
+
+
+def test_geojson_export_is_qupath_compatible(cmu_slide, client_for):
+    ring = [(0, 0), (200, 0), (200, 200), (0, 200), (0, 0)]
+    hole = [(50, 50), (150, 50), (150, 150), (50, 150), (50, 50)]
+    with_hole = instance_row(Polygon(ring, [hole]), slide=cmu_slide, mpp=cmu_slide.mpp,
+                             source=Instance.Source.DRAWN, class_name="glomerulus",
+                             review_state="accepted")
+    proposal = _square(cmu_slide, 500, 500, 60, predicted_iou=0.91, stability_score=0.97)
+    Instance.objects.bulk_create([with_hole, proposal])
+    response = client_for("annotator").get(f"/api/slides/{cmu_slide.pk}/export.geojson")
+    assert response.status_code == 200
+    assert "attachment" in response["Content-Disposition"]
+    collection = json.loads(response.content, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert collection["type"] == "FeatureCollection"
+    features = {f["properties"]["nephroweb"]["instance_id"]: f for f in collection["features"]}
+    glomerulus = features[with_hole.pk]
+    assert glomerulus["properties"]["objectType"] == "annotation"
+    assert glomerulus["properties"]["classification"] == {"name": "glomerulus", "color": [255, 0, 255]}
+    polygon = shape(glomerulus["geometry"])
+    assert polygon.area == pytest.approx(200 * 200 - 100 * 100)
+    assert len(polygon.interiors) == 1
+    area_um2 = glomerulus["properties"]["measurements"]["Area µm^2"]
+    assert area_um2 == pytest.approx(30000 * 0.499**2)
+    unlabeled = [f for f in collection["features"] if "classification" not in f["properties"]]
+    assert len(unlabeled) == 1
+    assert unlabeled[0]["properties"]["measurements"]["SAM predicted IoU"] == pytest.approx(0.91)

@@ -1,0 +1,193 @@
+"""Slide import (command and upload API), tiles, thumbnails and who may use them."""
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from PIL import Image
+
+from apps.slides.models import Slide
+
+pytestmark = pytest.mark.django_db
+
+
+def test_import_command_imports_svs_with_exact_metadata(shared_data, capsys):
+    path = shared_data / "wsi" / "cmu-1-small-region.svs"
+    call_command("import_slides", str(path), "--patient", "P-7", "--section", "2",
+                 "--report-ifta", "15")
+    slide = Slide.objects.get()
+    assert (slide.width_px, slide.height_px) == (2220, 2967)
+    assert slide.mpp == pytest.approx(0.499)
+    assert slide.mpp_source == "slide properties"
+    assert slide.vendor == "aperio"
+    assert (slide.patient_id, slide.section, slide.report_ifta_pct) == ("P-7", 2, 15.0)
+    assert slide.tissue_geojson["type"] in ("Polygon", "MultiPolygon")
+    assert 0 < slide.tissue_area_um2 < 2220 * 2967 * 0.499**2
+    assert f"slide {slide.pk}, 2220x2967 px" in capsys.readouterr().out
+
+
+def test_import_command_reports_each_rejection(shared_data, capsys):
+    good = shared_data / "wsi" / "cmu-1-small-region.svs"
+    dicom = shared_data / "wsi" / "pathml_small_dicom_TCGA-XK-AAJU.dcm"
+    bogus_mpp = shared_data / "wsi" / "pathml_small_HE_levels_SYNTHETIC.tiff"
+    with pytest.raises(CommandError) as raised:
+        call_command("import_slides", str(good), str(dicom), str(bogus_mpp))
+    assert raised.value.returncode == 1
+    assert "2 of 3 slides were rejected" in str(raised.value)
+    err = capsys.readouterr().err
+    assert f"rejected {dicom}" in err
+    assert f"rejected {bogus_mpp}" in err
+    assert "--mpp" in err
+    assert Slide.objects.count() == 1
+
+
+def test_import_command_takes_given_mpp(shared_data):
+    path = shared_data / "wsi" / "pathml_small_HE_levels_SYNTHETIC.tiff"
+    call_command("import_slides", str(path), "--mpp", "0.5")
+    slide = Slide.objects.get()
+    assert (slide.width_px, slide.height_px, slide.mpp, slide.mpp_source) == (300, 250, 0.5, "given")
+
+
+def _png_bytes(width=64, height=48, colour=(200, 120, 160)):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _upload(client, name, content, **fields):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(
+        "/api/slides/", {"file": SimpleUploadedFile(name, content), **fields}, format="multipart"
+    )
+
+
+def test_upload_svs_creates_slide_under_generated_path(client_for, shared_data, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    client = client_for("admin")
+    content = (shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes()
+    response = _upload(client, "../../etc/cmu 1.svs", content, patient_id="P1", section=1)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["width_px"], body["height_px"], body["patient_id"]) == (2220, 2967, "P1")
+    slide = Slide.objects.get(pk=body["id"])
+    assert slide.original_filename == "cmu 1.svs"
+    assert slide.file_path.startswith(str(tmp_path / "slides"))
+    assert slide.file_path.endswith("cmu_1.svs")
+
+
+def test_upload_rejects_png_without_mpp(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "tile.png", _png_bytes())
+    assert response.status_code == 400
+    assert "mpp" in response.json()["detail"]
+    assert Slide.objects.count() == 0
+    assert list((tmp_path / "slides").iterdir()) == []
+
+
+def test_upload_png_with_mpp(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "tile.png", _png_bytes(), mpp="0.5")
+    assert response.status_code == 201, response.content
+    assert (response.json()["width_px"], response.json()["mpp_source"]) == (64, "given")
+
+
+def test_upload_rejects_text_with_slide_suffix(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "notes.svs", b"not a slide at all\n" * 100)
+    assert response.status_code == 400
+    assert "notes" in response.json()["detail"]
+    assert Slide.objects.count() == 0
+
+
+def test_upload_rejects_unknown_suffix(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "slide.exe", b"MZ")
+    assert response.status_code == 400
+    assert ".exe is not accepted" in response.json()["detail"]
+
+
+def test_upload_rejects_file_over_limit(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    settings.NEPHROWEB_MAX_UPLOAD_MB = 1
+    response = _upload(client_for("admin"), "big.png", b"\0" * (2 * 1024 * 1024), mpp="0.5")
+    assert response.status_code == 400
+    assert "exceeds the" in response.json()["detail"]
+    assert Slide.objects.count() == 0
+
+
+def test_upload_rejects_out_of_range_report(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "tile.png", _png_bytes(), mpp="0.5",
+                       report_ifta_pct="140")
+    assert response.status_code == 400
+    assert "report_ifta_pct" in response.json()
+
+
+@pytest.mark.parametrize("role, status", [(None, 403), ("annotator", 403), ("pathologist", 403)])
+def test_upload_needs_admin_role(client_for, role, status):
+    response = _upload(client_for(role), "tile.png", _png_bytes(), mpp="0.5")
+    assert response.status_code == status
+    assert Slide.objects.count() == 0
+
+
+def test_anonymous_gets_nothing(client, shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    assert client.get("/api/slides/").status_code == 403
+    assert client.get(f"/api/slides/{slide.pk}/tiles/").status_code == 403
+    assert client.get(f"/api/slides/{slide.pk}/tiles/0/0/0.jpg").status_code == 404
+    assert client.get(f"/api/slides/{slide.pk}/thumbnail.jpg").status_code == 404
+    assert client.get("/").status_code == 302
+
+
+def test_tiles_are_jpeg_with_pyramid_metadata(client_for, shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "stritt_test3-DAPI-2-387.ndpi"))
+    slide = Slide.objects.get()
+    client = client_for("annotator")
+    metadata = client.get(f"/api/slides/{slide.pk}/tiles/").json()
+    assert (metadata["width_px"], metadata["height_px"]) == (3968, 4864)
+    top = metadata["levels"] - 1
+    response = client.get(f"/api/slides/{slide.pk}/tiles/{top}/1/2.jpg")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg"
+    assert "immutable" in response["Cache-Control"]
+    tile = Image.open(io.BytesIO(response.content))
+    assert tile.size == (metadata["tile_px"], metadata["tile_px"])
+    whole = Image.open(io.BytesIO(client.get(f"/api/slides/{slide.pk}/tiles/0/0/0.jpg").content))
+    assert max(whole.size) <= metadata["tile_px"]
+    assert client.get(f"/api/slides/{slide.pk}/tiles/{top}/999/0.jpg").status_code == 404
+    thumbnail = Image.open(io.BytesIO(client.get(f"/api/slides/{slide.pk}/thumbnail.jpg").content))
+    assert max(thumbnail.size) == 512
+
+
+def test_slide_pages_render_for_annotator(client_for, shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    client = client_for("annotator")
+    listing = client.get("/")
+    assert listing.status_code == 200
+    assert b"cmu-1-small-region" in listing.content
+    assert b"upload-form" not in listing.content
+    page = client.get(f"/slides/{slide.pk}/")
+    assert page.status_code == 200
+    assert b'data-slide-id="%d"' % slide.pk in page.content
+    assert b"start-proposals" in page.content
+
+
+def test_tissue_endpoint_returns_level0_geometry(client_for, shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    body = client_for("annotator").get(f"/api/slides/{slide.pk}/tissue/").json()
+    json.dumps(body, allow_nan=False)
+    from shapely.geometry import shape
+
+    tissue = shape(body["geometry"])
+    assert tissue.is_valid
+    minx, miny, maxx, maxy = tissue.bounds
+    assert minx >= 0
+    assert miny >= 0
+    assert maxx <= 2220
+    assert maxy <= 2967

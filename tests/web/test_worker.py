@@ -1,0 +1,76 @@
+"""A proposal run end to end through a real Celery worker on Redis and PostgreSQL, with
+progress arriving over the Channels Redis layer."""
+
+import asyncio
+import json
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.core.management import call_command
+
+from apps.annotations import services
+from apps.annotations.models import Instance, ProposalRun
+from apps.slides.consumers import slide_group
+from apps.slides.models import Slide
+from tests.processes import celery_worker, child_environment
+
+from .conftest import FAST_PROPOSALS
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+def _collect_group_messages(slide_id: int, stop_when, timeout_s: float) -> list[dict]:
+    """Listen on the slide's group (as the websocket consumer does) until ``stop_when``."""
+
+    async def listen():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(slide_group(slide_id), channel)
+        messages = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    message = await asyncio.wait_for(layer.receive(channel), timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                messages.append(message)
+                if stop_when(message):
+                    break
+        finally:
+            await layer.group_discard(slide_group(slide_id), channel)
+        return messages
+
+    return async_to_sync(listen)()
+
+
+def test_worker_runs_proposals_and_streams_progress(shared_data, redis_url, tiny_checkpoint, tmp_path, settings):
+    settings.NEPHROWEB_PROPOSALS = dict(FAST_PROPOSALS)
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    env = child_environment(
+        tmp_path,
+        REDIS_URL=redis_url,
+        NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
+        NEPHROWEB_PROPOSALS_JSON=json.dumps(FAST_PROPOSALS),
+    )
+    with celery_worker(env, tmp_path / "worker.log"):
+        run = services.start_proposal_run(slide)  # commits, then enqueues on Redis
+        messages = _collect_group_messages(
+            slide.pk,
+            stop_when=lambda m: m["run"]["status"] in ("succeeded", "failed"),
+            timeout_s=240,
+        )
+    run.refresh_from_db()
+    log = (tmp_path / "worker.log").read_text()
+    assert run.status == ProposalRun.Status.SUCCEEDED, run.message + "\n" + log[-3000:]
+    assert f"Proposal run {run.pk} stored" in log
+    statuses = [m["run"]["status"] for m in messages]
+    assert statuses[0] == "running"
+    assert statuses[-1] == "succeeded"
+    progress = [(m["run"]["tiles_done"], m["run"]["tiles_total"]) for m in messages]
+    assert progress[-1][0] == progress[-1][1] == run.tiles_total > 0
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert Instance.objects.filter(proposal_run=run).count() == run.counts["stored"] > 0
