@@ -92,6 +92,7 @@ INSTALLED_APPS = [
     "apps.accounts",
     "apps.slides",
     "apps.annotations",
+    "apps.review",
 ]
 
 MIDDLEWARE = [
@@ -246,6 +247,21 @@ NEPHROWEB_PROPOSALS = {
 NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
 NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
 
+# Classes a reviewer can assign, with their display colours and keyboard keys. The
+# colours follow the class-aware SAM paper (Weijer et al.). "unspecified tubule" is
+# kept on slides but never trained on or scored (trainable False). Override the whole
+# list with NEPHROWEB_CLASSES_JSON.
+NEPHROWEB_CLASSES = json.loads(env_str("NEPHROWEB_CLASSES_JSON", "null")) or [
+    {"name": "proximal tubule", "color": "#0000ff", "key": "1", "trainable": True},
+    {"name": "distal tubule", "color": "#ffff00", "key": "2", "trainable": True},
+    {"name": "atrophic tubule", "color": "#87cefa", "key": "3", "trainable": True},
+    {"name": "glomerulus", "color": "#ff00ff", "key": "4", "trainable": True},
+    {"name": "sclerotic glomerulus", "color": "#800080", "key": "5", "trainable": True},
+    {"name": "vessel", "color": "#ff0000", "key": "6", "trainable": True},
+    {"name": "background", "color": "#000000", "key": "7", "trainable": True},
+    {"name": "unspecified tubule", "color": "#808080", "key": "8", "trainable": False},
+]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -254,3 +270,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("NEPHROWEB_LOG_LEVEL", "INFO")},
     "loggers": {"large_image": {"level": "WARNING"}},
 }
+
+# Review queue order: "predicted_iou" (lowest SAM predicted IoU first),
+# "class_confidence" (lowest model class probability first) or "position".
+NEPHROWEB_QUEUE_ORDER = env_str("NEPHROWEB_QUEUE_ORDER", "predicted_iou")

@@ -10,4 +10,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("apps.slides.urls")),
     path("", include("apps.annotations.urls")),
+    path("", include("apps.review.urls")),
 ]

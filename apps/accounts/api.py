@@ -11,8 +11,13 @@ logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc, context):
-    """Turn user-facing errors from ``ml`` into 400 responses with their message."""
+    """Turn user-facing errors into responses with their message.
+
+    The status is the error's ``status_code`` (400 unless it sets one) and the body adds
+    the error's ``extra`` dict, e.g. the current state of an object after a conflict.
+    """
     if isinstance(exc, NephrowebError):
         logger.info("Rejected request: %s", exc)
-        return Response({"detail": str(exc)}, status=400)
+        body = {"detail": str(exc), **getattr(exc, "extra", {})}
+        return Response(body, status=getattr(exc, "status_code", 400))
     return drf_exception_handler(exc, context)

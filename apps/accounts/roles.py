@@ -1,8 +1,11 @@
 """Roles as Django groups, each with the model permissions its work needs.
 
-- annotator: opens slides, runs SAM proposals, exports annotations.
-- pathologist: the same (review permissions arrive with the review queue).
-- admin: also imports, changes and deletes slides and deletes instances.
+- annotator: opens slides, runs SAM proposals, reviews (accept, reject, reopen, edit,
+  draw, relabel) and marks evaluation regions.
+- pathologist: the same, plus assigning slides to reviewers, removing evaluation
+  regions and exporting GeoJSON and CSV.
+- admin: everything, including importing slides and annotation files and deleting
+  slides and instances.
 Superusers pass every check regardless of group.
 """
 
@@ -12,22 +15,32 @@ ANNOTATOR = "annotator"
 PATHOLOGIST = "pathologist"
 ADMIN = "admin"
 
-_VIEW_AND_PROPOSE = [
+_ANNOTATOR_PERMISSIONS = [
     "slides.view_slide",
     "annotations.view_instance",
     "annotations.view_proposalrun",
     "annotations.add_proposalrun",
+    "annotations.review_instance",
+    "annotations.relabel_instance",
+    "annotations.view_evaluationregion",
+    "annotations.add_evaluationregion",
+]
+_PATHOLOGIST_PERMISSIONS = _ANNOTATOR_PERMISSIONS + [
+    "annotations.export_instances",
+    "annotations.delete_evaluationregion",
+    "review.assign_reviewers",
 ]
 
 ROLE_PERMISSIONS = {
-    ANNOTATOR: _VIEW_AND_PROPOSE,
-    PATHOLOGIST: _VIEW_AND_PROPOSE,
-    ADMIN: _VIEW_AND_PROPOSE
+    ANNOTATOR: _ANNOTATOR_PERMISSIONS,
+    PATHOLOGIST: _PATHOLOGIST_PERMISSIONS,
+    ADMIN: _PATHOLOGIST_PERMISSIONS
     + [
         "slides.add_slide",
         "slides.change_slide",
         "slides.delete_slide",
         "annotations.delete_instance",
+        "annotations.import_instances",
     ],
 }
 

@@ -60,7 +60,7 @@ class InstanceViewportView(APIView):
         rows = list(
             services.instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit + 1).values(
                 "id", "geometry", "class_name", "review_state", "source", "predicted_iou",
-                "stability_score", "area_um2",
+                "stability_score", "class_confidence", "area_um2", "version",
             )
         )
         features = [
@@ -80,7 +80,7 @@ class InstanceViewportView(APIView):
 
 
 class GeoJSONExportView(APIView):
-    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+    permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)

@@ -32,3 +32,29 @@ def publish_run(run) -> None:
         )
     except Exception:  # noqa: BLE001  a lost event is recovered by the browser's resync
         logger.warning("Could not publish progress of proposal run %s", run.pk, exc_info=True)
+
+
+def instance_payload(instance, action: str, user, deleted: bool = False) -> dict:
+    """The websocket message for a changed instance (the new state, or its deletion)."""
+    return {
+        "id": instance.pk,
+        "action": action,
+        "deleted": deleted,
+        "version": instance.version,
+        "review_state": instance.review_state,
+        "class_name": instance.class_name,
+        "geometry": None if deleted else instance.geometry,
+        "by": user.get_username() if user is not None else "",
+    }
+
+
+def publish_instance(slide_id: int, payload: dict) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            slide_group(slide_id), {"type": "instance.changed", "instance": payload}
+        )
+    except Exception:  # noqa: BLE001  a lost event is recovered by the browser's resync
+        logger.warning("Could not publish change of object %s", payload["id"], exc_info=True)

@@ -1,4 +1,4 @@
-"""Conversions between ``ml`` instances (shapely, level-0) and stored rows."""
+"""Conversions between shapely geometry in level-0 pixels and stored Instance rows."""
 
 from shapely.geometry import mapping
 
@@ -7,25 +7,35 @@ from .models import Instance
 COORDINATE_DECIMALS = 2
 
 
-def _round_coords(geojson: dict) -> dict:
-    def round_ring(ring):
-        return [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y in ring]
+def _round_ring(ring):
+    return [[round(x, COORDINATE_DECIMALS), round(y, COORDINATE_DECIMALS)] for x, y, *_ in ring]
 
+
+def _rounded_geojson(geometry) -> dict:
+    geojson = mapping(geometry)
     if geojson["type"] == "Polygon":
-        return {"type": "Polygon", "coordinates": [round_ring(r) for r in geojson["coordinates"]]}
-    return geojson
+        return {"type": "Polygon", "coordinates": [_round_ring(r) for r in geojson["coordinates"]]}
+    if geojson["type"] == "MultiPolygon":
+        return {
+            "type": "MultiPolygon",
+            "coordinates": [[_round_ring(r) for r in polygon] for polygon in geojson["coordinates"]],
+        }
+    raise ValueError(f"Expected a Polygon or MultiPolygon, got {geojson['type']}.")
 
 
-def instance_row(polygon_level0, *, slide, mpp: float, **fields) -> Instance:
-    """Build an unsaved Instance from a shapely polygon in level-0 pixels."""
-    x_min, y_min, x_max, y_max = polygon_level0.bounds
-    return Instance(
-        slide=slide,
-        geometry=_round_coords(mapping(polygon_level0)),
-        x_min_level0=x_min,
-        y_min_level0=y_min,
-        x_max_level0=x_max,
-        y_max_level0=y_max,
-        area_um2=polygon_level0.area * mpp * mpp,
-        **fields,
-    )
+def geometry_row_fields(geometry, mpp: float) -> dict:
+    """Return the Instance fields derived from a level-0 geometry: GeoJSON, bbox, area."""
+    x_min, y_min, x_max, y_max = geometry.bounds
+    return {
+        "geometry": _rounded_geojson(geometry),
+        "x_min_level0": x_min,
+        "y_min_level0": y_min,
+        "x_max_level0": x_max,
+        "y_max_level0": y_max,
+        "area_um2": geometry.area * mpp * mpp,
+    }
+
+
+def instance_row(geometry_level0, *, slide, mpp: float, **fields) -> Instance:
+    """Build an unsaved Instance from a shapely (Multi)Polygon in level-0 pixels."""
+    return Instance(slide=slide, **geometry_row_fields(geometry_level0, mpp), **fields)

@@ -70,7 +70,10 @@ class Instance(models.Model):
         max_length=16, choices=ReviewState.choices, default=ReviewState.PENDING
     )
     class_name = models.CharField(max_length=64, blank=True)
-    geometry = models.JSONField(help_text="GeoJSON Polygon in level-0 pixels.")
+    class_confidence = models.FloatField(
+        null=True, blank=True, help_text="Model probability of class_name, when a model set it."
+    )
+    geometry = models.JSONField(help_text="GeoJSON Polygon or MultiPolygon in level-0 pixels.")
     x_min_level0 = models.FloatField()
     y_min_level0 = models.FloatField()
     x_max_level0 = models.FloatField()
@@ -78,14 +81,81 @@ class Instance(models.Model):
     area_um2 = models.FloatField()
     predicted_iou = models.FloatField(null=True, blank=True)
     stability_score = models.FloatField(null=True, blank=True)
-    version = models.PositiveIntegerField(default=1)
+    version = models.PositiveIntegerField(
+        default=1, help_text="Raised by every change; a change must name the version it saw."
+    )
+    reviewed_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["id"]
+        permissions = [
+            ("review_instance", "Can accept, reject, reopen, edit and draw instances"),
+            ("relabel_instance", "Can change the class of instances"),
+            ("export_instances", "Can export instances as GeoJSON and CSV"),
+            ("import_instances", "Can import annotation files"),
+        ]
         indexes = [
             models.Index(fields=["slide", "x_min_level0", "y_min_level0"], name="instance_bbox_min"),
             models.Index(fields=["slide", "x_max_level0", "y_max_level0"], name="instance_bbox_max"),
             models.Index(fields=["slide", "review_state"], name="instance_review_state"),
         ]
+
+
+class InstanceEvent(models.Model):
+    """One change to an instance: who, when, what it was before and after.
+
+    ``before`` and ``after`` hold the reviewable fields (review_state, class_name,
+    geometry, version); ``before`` is empty for a creation and ``after`` for a deletion.
+    The history is what users read and what undo restores from.
+    """
+
+    class Action(models.TextChoices):
+        ACCEPT = "accept"
+        REJECT = "reject"
+        RELABEL = "relabel"
+        EDIT = "edit"
+        REOPEN = "reopen"
+        DRAW = "draw"
+        DELETE = "delete"
+        IMPORT = "import"
+        UNDO = "undo"
+
+    slide = models.ForeignKey(Slide, on_delete=models.CASCADE, related_name="instance_events")
+    instance = models.ForeignKey(
+        Instance, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    instance_ref = models.BigIntegerField(help_text="Id of the instance, kept after deletion.")
+    user = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    undoes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="undone_by"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["slide", "user", "-id"], name="event_slide_user")]
+
+
+class EvaluationRegion(models.Model):
+    """A region a reviewer marked as fully reviewed: metrics score only inside such regions."""
+
+    slide = models.ForeignKey(Slide, on_delete=models.CASCADE, related_name="evaluation_regions")
+    geometry = models.JSONField(help_text="GeoJSON Polygon in level-0 pixels.")
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]

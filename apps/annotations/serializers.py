@@ -34,3 +34,17 @@ class ViewportSerializer(serializers.Serializer):
                 "bbox must be four numbers x_min,y_min,x_max,y_max with min <= max."
             )
         return numbers
+
+
+FEATURE_PROPERTIES = (
+    "class_name", "review_state", "source", "predicted_iou", "stability_score",
+    "class_confidence", "area_um2", "version",
+)
+
+
+def instance_feature(instance) -> dict:
+    """An instance as a GeoJSON Feature in level-0 pixels, with what the viewer needs."""
+    properties = {name: getattr(instance, name) for name in FEATURE_PROPERTIES}
+    properties["slide"] = instance.slide_id
+    return {"type": "Feature", "id": instance.pk, "geometry": instance.geometry,
+            "properties": properties}

@@ -81,7 +81,10 @@ def _slide_for_image(request, slide_id) -> Slide:
 def tile_view(request, slide_id, z, x, y):
     """Serve one deep-zoom JPEG tile (a plain Django view: this is the hottest path)."""
     slide = _slide_for_image(request, slide_id)
-    data = tiles.read_tile(slide.file_path, z, x, y)
+    try:
+        data = tiles.read_tile(slide.file_path, z, x, y)
+    except tiles.SlideFileMissing as exc:
+        raise Http404(str(exc)) from None
     if data is None:
         raise Http404("No such tile.")
     response = HttpResponse(data, content_type="image/jpeg")
@@ -92,6 +95,10 @@ def tile_view(request, slide_id, z, x, y):
 @require_GET
 def thumbnail_view(request, slide_id):
     slide = _slide_for_image(request, slide_id)
-    response = HttpResponse(tiles.read_thumbnail(slide.file_path), content_type="image/jpeg")
+    try:
+        thumbnail = tiles.read_thumbnail(slide.file_path)
+    except tiles.SlideFileMissing as exc:
+        raise Http404(str(exc)) from None
+    response = HttpResponse(thumbnail, content_type="image/jpeg")
     response["Cache-Control"] = TILE_CACHE_CONTROL
     return response

@@ -31,3 +31,6 @@ class SlideEventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def run_progress(self, event):
         await self.send_json({"type": "run.progress", "run": event["run"]})
+
+    async def instance_changed(self, event):
+        await self.send_json({"type": "instance.changed", "instance": event["instance"]})

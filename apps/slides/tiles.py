@@ -6,8 +6,12 @@ level below halves it, tiles are ``tile_px`` square in that level's pixels.
 
 import logging
 
+from pathlib import Path
+
 import large_image
 from django.conf import settings
+
+from ml.errors import SlideError
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +31,22 @@ def configure_cache():
     _configured = True
 
 
+class SlideFileMissing(SlideError):
+    """The slide's file is gone or unreadable on the server (HTTP 404)."""
+
+    status_code = 404
+
+
 def open_tile_source(file_path: str):
     configure_cache()
-    return large_image.open(file_path, encoding="JPEG", jpegQuality=90)
+    try:
+        return large_image.open(file_path, encoding="JPEG", jpegQuality=90)
+    except large_image.exceptions.TileSourceError as exc:
+        logger.error("Cannot open slide file %s for tiles: %s", file_path, exc)
+        raise SlideFileMissing(
+            f"The slide file {Path(file_path).name} is missing or unreadable on the server; "
+            "ask an admin to restore it or import the slide again."
+        ) from None
 
 
 def tile_metadata(file_path: str) -> dict:

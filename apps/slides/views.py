@@ -22,4 +22,5 @@ def slide_detail(request, slide_id):
     return render(request, "slides/slide_detail.html", {
         "slide": slide,
         "can_propose": request.user.has_perm("annotations.add_proposalrun"),
+        "can_export": request.user.has_perm("annotations.export_instances"),
     })

@@ -159,7 +159,7 @@ def test_geojson_export_is_qupath_compatible(cmu_slide, client_for):
                              review_state="accepted")
     proposal = _square(cmu_slide, 500, 500, 60, predicted_iou=0.91, stability_score=0.97)
     Instance.objects.bulk_create([with_hole, proposal])
-    response = client_for("annotator").get(f"/api/slides/{cmu_slide.pk}/export.geojson")
+    response = client_for("pathologist").get(f"/api/slides/{cmu_slide.pk}/export.geojson")
     assert response.status_code == 200
     assert "attachment" in response["Content-Disposition"]
     collection = json.loads(response.content, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))

@@ -191,3 +191,16 @@ def test_tissue_endpoint_returns_level0_geometry(client_for, shared_data):
     assert miny >= 0
     assert maxx <= 2220
     assert maxy <= 2967
+
+
+def test_missing_slide_file_gives_clear_404(client_for, shared_data, tmp_path):
+    copy = tmp_path / "copy.svs"
+    copy.write_bytes((shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes())
+    call_command("import_slides", str(copy))
+    slide = Slide.objects.get()
+    copy.unlink()
+    client = client_for("annotator")
+    response = client.get(f"/api/slides/{slide.pk}/tiles/")
+    assert response.status_code == 404
+    assert "copy.svs is missing" in response.json()["detail"]
+    assert client.get(f"/api/slides/{slide.pk}/tiles/0/0/0.jpg").status_code == 404

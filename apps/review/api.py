@@ -1,0 +1,220 @@
+"""REST endpoints of the review: changes to instances, undo, history, queue, progress,
+assignments, evaluation regions and the class list."""
+
+from django.shortcuts import get_object_or_404
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.permissions import has_perm
+from apps.annotations.classes import configured_classes
+from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent
+from apps.annotations.serializers import instance_feature
+from apps.slides.models import Slide
+
+from . import selectors, services
+from .models import SlideAssignment
+from .serializers import (
+    AssignmentSerializer,
+    ChangeSerializer,
+    DrawSerializer,
+    EventSerializer,
+    QueueQuerySerializer,
+)
+
+# Permission each change needs, on top of viewing the slide.
+CHANGE_PERMISSIONS = {
+    "accept": "annotations.review_instance",
+    "reject": "annotations.review_instance",
+    "reopen": "annotations.review_instance",
+    "edit": "annotations.review_instance",
+    "relabel": "annotations.relabel_instance",
+}
+
+
+class ClassListView(APIView):
+    permission_classes = [has_perm("slides.view_slide")]
+
+    def get(self, request):
+        return Response([
+            {"name": c.name, "color": c.color_hex, "key": c.key, "trainable": c.trainable}
+            for c in configured_classes()
+        ])
+
+
+class InstanceDetailView(APIView):
+    def get_permissions(self):
+        if self.request.method == "DELETE":
+            return [has_perm("slides.view_slide", "annotations.delete_instance")()]
+        return [has_perm("slides.view_slide", "annotations.view_instance")()]
+
+    def get(self, request, instance_id):
+        return Response(instance_feature(get_object_or_404(Instance, pk=instance_id)))
+
+    def delete(self, request, instance_id):
+        form = ChangeSerializer(data=request.data or request.query_params)
+        form.is_valid(raise_exception=True)
+        services.delete(instance_id, user=request.user, version=form.validated_data["version"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InstanceChangeView(APIView):
+    """POST /api/instances/<id>/<action>/ with {"version": N, ...}."""
+
+    def get_permissions(self):
+        permission = CHANGE_PERMISSIONS.get(self.kwargs["action"], "annotations.review_instance")
+        return [has_perm("slides.view_slide", permission)()]
+
+    def post(self, request, instance_id, action):
+        form = ChangeSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        common = {"user": request.user, "version": data["version"]}
+        if action == "accept":
+            instance = services.accept(instance_id, **common)
+        elif action == "reject":
+            instance = services.reject(instance_id, **common)
+        elif action == "reopen":
+            instance = services.reopen(instance_id, **common)
+        elif action == "relabel":
+            if not data.get("class_name"):
+                raise services.ReviewError("relabel needs the field 'class_name'.")
+            instance = services.relabel(instance_id, class_name=data["class_name"], **common)
+        elif action == "edit":
+            if "geometry" not in data:
+                raise services.ReviewError("edit needs the field 'geometry'.")
+            if data.get("class_name") and not request.user.has_perm("annotations.relabel_instance"):
+                raise services.ReviewError("Your role may edit outlines but not change classes.")
+            instance = services.edit(
+                instance_id, geometry=data["geometry"], class_name=data.get("class_name"), **common
+            )
+        else:
+            return Response({"detail": f"Unknown action {action!r}."}, status=404)
+        return Response(instance_feature(instance))
+
+
+class DrawView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        form = DrawSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        instance = services.draw(slide, user=request.user, **form.validated_data)
+        return Response(instance_feature(instance), status=status.HTTP_201_CREATED)
+
+
+class UndoView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        undo = services.undo_last(slide, user=request.user)
+        instance = Instance.objects.filter(pk=undo.instance_ref).first()
+        return Response({
+            "undone": EventSerializer(undo.undoes).data,
+            "instance": instance_feature(instance) if instance else None,
+            "deleted_id": None if instance else undo.instance_ref,
+        })
+
+
+class InstanceHistoryView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request, instance_id):
+        events = InstanceEvent.objects.filter(instance_ref=instance_id).select_related("user")
+        return Response(EventSerializer(events[:200], many=True).data)
+
+
+class SlideHistoryView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request, slide_id):
+        events = InstanceEvent.objects.filter(slide_id=slide_id).select_related("user")
+        return Response(EventSerializer(events[:200], many=True).data)
+
+
+class QueueView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request):
+        query = QueueQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        options = query.validated_data
+        slide = get_object_or_404(Slide, pk=options["slide"]) if "slide" in options else None
+        instances = selectors.review_queue(
+            order=options.get("order"),
+            slide=slide,
+            reviewer=request.user if options.get("assigned") == "me" else None,
+            limit=options["limit"],
+        )
+        return Response([instance_feature(i) for i in instances])
+
+
+class SlideProgressView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
+
+    def get(self, request, slide_id):
+        return Response(selectors.slide_progress(get_object_or_404(Slide, pk=slide_id)))
+
+
+class AssignmentListView(APIView):
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [has_perm("review.assign_reviewers")()]
+        return [has_perm("slides.view_slide")()]
+
+    def get(self, request):
+        assignments = SlideAssignment.objects.select_related("reviewer", "assigned_by")
+        if not request.user.has_perm("review.assign_reviewers"):
+            assignments = assignments.filter(reviewer=request.user)
+        return Response(AssignmentSerializer(assignments, many=True).data)
+
+    def post(self, request):
+        form = AssignmentSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        assignment, _ = SlideAssignment.objects.get_or_create(
+            slide=form.validated_data["slide"], reviewer=form.validated_data["reviewer"],
+            defaults={"assigned_by": request.user},
+        )
+        return Response(AssignmentSerializer(assignment).data, status=status.HTTP_201_CREATED)
+
+
+class AssignmentDetailView(APIView):
+    permission_classes = [has_perm("review.assign_reviewers")]
+
+    def delete(self, request, assignment_id):
+        get_object_or_404(SlideAssignment, pk=assignment_id).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _region_json(region):
+    return {"id": region.pk, "slide": region.slide_id, "geometry": region.geometry,
+            "created_by": region.created_by.username if region.created_by else "",
+            "created_at": region.created_at}
+
+
+class EvaluationRegionListView(APIView):
+    def get_permissions(self):
+        if self.request.method == "POST":
+            return [has_perm("slides.view_slide", "annotations.add_evaluationregion")()]
+        return [has_perm("slides.view_slide", "annotations.view_evaluationregion")()]
+
+    def get(self, request, slide_id):
+        regions = EvaluationRegion.objects.filter(slide_id=slide_id).select_related("created_by")
+        return Response([_region_json(r) for r in regions])
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        region = services.add_evaluation_region(
+            slide, user=request.user, geometry=request.data.get("geometry")
+        )
+        return Response(_region_json(region), status=status.HTTP_201_CREATED)
+
+
+class EvaluationRegionDetailView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.delete_evaluationregion")]
+
+    def delete(self, request, region_id):
+        get_object_or_404(EvaluationRegion, pk=region_id).delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)

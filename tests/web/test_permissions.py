@@ -1,0 +1,102 @@
+"""Every role (and anonymous) against every endpoint: who may do what.
+
+The table lists each URL name once; a test fails when an endpoint has no row, so a new
+endpoint cannot ship without its permission check being tested.
+"""
+
+import pytest
+from django.urls import get_resolver
+from shapely.geometry import box
+
+from apps.annotations.geometry import instance_row
+from apps.annotations.models import EvaluationRegion, Instance, ProposalRun
+from apps.review.models import SlideAssignment
+from apps.slides.models import Slide
+
+pytestmark = pytest.mark.django_db
+
+ROLES = [None, "annotator", "pathologist", "admin"]
+EVERYONE = {"annotator", "pathologist", "admin"}
+REVIEWERS = EVERYONE
+PATHOLOGISTS = {"pathologist", "admin"}
+ADMINS = {"admin"}
+
+# url name -> (method, path template, body, roles allowed). Allowed requests may still
+# fail validation (400) or find nothing (404); denied ones must get 403 (404 for images).
+ENDPOINTS = {
+    "slide-list": ("get", "/", None, EVERYONE),
+    "slide-detail": ("get", "/slides/{slide}/", None, EVERYONE),
+    "api-slide-list": ("get", "/api/slides/", None, EVERYONE),
+    "api-slide-detail": ("get", "/api/slides/{slide}/", None, EVERYONE),
+    "api-slide-tissue": ("get", "/api/slides/{slide}/tissue/", None, EVERYONE),
+    "api-tile-metadata": ("get", "/api/slides/{slide}/tiles/", None, EVERYONE),
+    "api-tile": ("get", "/api/slides/{slide}/tiles/0/0/0.jpg", None, EVERYONE),
+    "api-thumbnail": ("get", "/api/slides/{slide}/thumbnail.jpg", None, EVERYONE),
+    "api-proposal-runs": ("post", "/api/slides/{slide}/proposal-runs/", {"settings": {"points_per_side": 0}}, EVERYONE),
+    "api-proposal-run": ("get", "/api/proposal-runs/{run}/", None, EVERYONE),
+    "api-instances": ("get", "/api/slides/{slide}/instances/?bbox=0,0,10,10", None, EVERYONE),
+    "api-export-geojson": ("get", "/api/slides/{slide}/export.geojson", None, PATHOLOGISTS),
+    "api-classes": ("get", "/api/classes/", None, EVERYONE),
+    "api-instance": ("delete", "/api/instances/{instance}/?version=1", None, ADMINS),
+    "api-instance-history": ("get", "/api/instances/{instance}/history/", None, EVERYONE),
+    "api-instance-change": ("post", "/api/instances/{instance}/accept/", {"version": 1}, REVIEWERS),
+    "api-draw": ("post", "/api/slides/{slide}/draw/", {"geometry": {"type": "Point"}, "class_name": "vessel"}, REVIEWERS),
+    "api-undo": ("post", "/api/slides/{slide}/undo/", {}, REVIEWERS),
+    "api-slide-history": ("get", "/api/slides/{slide}/history/", None, EVERYONE),
+    "api-review-progress": ("get", "/api/slides/{slide}/review-progress/", None, EVERYONE),
+    "api-evaluation-regions": ("post", "/api/slides/{slide}/evaluation-regions/", {"geometry": None}, REVIEWERS),
+    "api-evaluation-region": ("delete", "/api/evaluation-regions/{region}/", None, PATHOLOGISTS),
+    "api-review-queue": ("get", "/api/review/queue/?slide={slide}", None, EVERYONE),
+    "api-assignments": ("post", "/api/review/assignments/", {"slide": 0, "reviewer": "nobody"}, PATHOLOGISTS),
+    "api-assignment": ("delete", "/api/review/assignments/{assignment}/", None, PATHOLOGISTS),
+}
+# Pages and views outside the API with their own rules.
+NOT_IN_TABLE = {"login", "logout"}
+
+
+def _fixture_ids(make_user, shared_data):
+    slide = Slide.objects.create(
+        name="s", file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
+        original_filename="cmu-1-small-region.svs", origin=Slide.Origin.IMPORT,
+        width_px=2220, height_px=2967, mpp=0.499, mpp_source="slide properties",
+        bounds_w_level0=2220, bounds_h_level0=2967,
+    )
+    instance = instance_row(box(1, 1, 9, 9), slide=slide, mpp=0.5, source=Instance.Source.SAM)
+    instance.save()
+    run = ProposalRun.objects.create(slide=slide, sam_type="vit_b")
+    region = EvaluationRegion.objects.create(slide=slide, geometry=box(0, 0, 5, 5).__geo_interface__)
+    assignment = SlideAssignment.objects.create(slide=slide, reviewer=make_user(None, "someone"))
+    return {"slide": slide.pk, "instance": instance.pk, "run": run.pk, "region": region.pk,
+            "assignment": assignment.pk}
+
+
+def test_table_covers_every_url_name():
+    names = {name for name in get_resolver().reverse_dict if isinstance(name, str)}
+    ours = {n for n in names if not n.startswith(("admin", "django"))} - NOT_IN_TABLE
+    missing = sorted(n for n in ours if n not in ENDPOINTS and ":" not in n)
+    assert missing == []
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("name", sorted(ENDPOINTS))
+def test_role_against_endpoint(client, make_user, shared_data, role, name):
+    ids = _fixture_ids(make_user, shared_data)
+    if role is not None:
+        client.force_login(make_user(role, username=f"user-{role}"))
+    method, template, body, allowed = ENDPOINTS[name]
+    url = template.format(**ids)
+    call = getattr(client, method)
+    response = call(url, body, content_type="application/json") if body is not None else call(url)
+    image = name in ("api-tile", "api-thumbnail")
+    page = not name.startswith("api-")
+    if role in allowed:
+        assert response.status_code not in (401, 403), response.content[:300]
+        if image:
+            assert response.status_code == 200
+    elif page and role is None:
+        assert response.status_code == 302
+        assert "/login/" in response["Location"]
+    elif image:
+        assert response.status_code == 404
+    else:
+        assert response.status_code == 403, response.content[:300]
