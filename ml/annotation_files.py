@@ -25,8 +25,10 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,6 +154,10 @@ class PolygonalGeometry:
 
 Ring = Sequence[tuple[float, float]]
 
+# A slide 1e9 pixels wide would be 250 m long at 0.25 mpp, so larger values are corrupt.
+# The bound also keeps GEOS area arithmetic far from floating-point overflow.
+MAX_ABS_COORDINATE_LEVEL0 = 1e9
+
 
 def is_rgb_triple(value: object) -> bool:
     """Return whether a value is three integers from 0 to 255 (booleans excluded)."""
@@ -166,7 +172,7 @@ def is_rgb_triple(value: object) -> bool:
 
 
 def coordinate_value(value: object, where: str) -> float:
-    """Convert one parsed coordinate to float, rejecting non-numbers, NaN and infinity.
+    """Convert one parsed coordinate to float, rejecting non-numbers, NaN and huge values.
 
     Booleans are rejected although Python treats them as integers, because JSON ``true``
     in a coordinate is a corrupt file, not the number 1.
@@ -179,6 +185,11 @@ def coordinate_value(value: object, where: str) -> float:
         raise GeometryRejected(f"coordinate out of floating-point range at {where}") from None
     if not math.isfinite(number):
         raise GeometryRejected(f"NaN or infinite coordinate at {where}")
+    if abs(number) > MAX_ABS_COORDINATE_LEVEL0:
+        raise GeometryRejected(
+            f"coordinate {number!r} at {where} is outside +-{MAX_ABS_COORDINATE_LEVEL0:.0e} "
+            "level-0 pixels"
+        )
     return number
 
 
@@ -360,8 +371,6 @@ def read_annotation_bytes(content: bytes, source: str | Path) -> AnnotationFile:
 
 def _is_json(content: bytes) -> bool:
     """Return whether content parses as JSON (here only a bare string, number or literal)."""
-    import json
-
     try:
         json.loads(content.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -369,10 +378,8 @@ def _is_json(content: bytes) -> bool:
     return True
 
 
-def xml_root(content: bytes, path: Path):
+def xml_root(content: bytes, path: Path) -> ElementTree.Element:
     """Parse XML content and return its root element, raising AnnotationFileError if invalid."""
-    import xml.etree.ElementTree as ElementTree
-
     try:
         return ElementTree.fromstring(content)
     except ElementTree.ParseError as exc:

@@ -176,7 +176,9 @@ def _window_start_px(start_px: float, end_px: float, window_px: int) -> tuple[in
     k_last = math.floor(start_px / step_px)
     k_central = math.floor((start_px + end_px) / 2.0 / step_px - 1.0 + 0.5)
     if k_first <= k_last:
+        # Limitation: near the slide's edge the window reaches past it, so SAM sees padding.
         return min(max(k_central, k_first), k_last) * step_px, True
+    # Limitation: an off-grid window is never reused by clicks, so it costs its own encoding.
     centred_px = math.floor((start_px + end_px) / 2.0 - window_px / 2.0 + 0.5)
     # Rounding to whole pixels may move an edge of the box out of the window, so shift
     # back. When both cannot fit, the start wins and the end overhangs by under a pixel.
@@ -254,7 +256,7 @@ class PromptSegmenter:
     Cost: a cache miss reads one window and runs the image encoder once (the expensive
     part). A hit runs only the prompt encoder and mask decoder. Each cached embedding
     takes C x G x G float32 values on the model's device, 4 MiB for vit_b/l/h
-    (256 x 64 x 64), so the default cache of 8 holds 32 MiB.
+    (256 x 64 x 64), so the default cache of 8 uses 32 MiB.
     """
 
     def __init__(
@@ -339,8 +341,10 @@ class PromptSegmenter:
         """Segment the object under a click with a positive point prompt.
 
         SAM returns three candidate masks. The one with the highest predicted IoU among
-        those that contain the clicked pixel is kept. When none contains it, the
-        highest-scoring one is kept and ``point_in_mask`` is False.
+        those that contain the clicked pixel is kept, and its 4-connected component under
+        the click becomes the polygon. When no mask contains the clicked pixel, the
+        highest-scoring mask is kept, its largest component becomes the polygon and
+        ``point_in_mask`` is False.
 
         Args:
             slide: The slide clicked on.
@@ -367,10 +371,12 @@ class PromptSegmenter:
         click_window_px = (math.floor(x_window_px), math.floor(y_window_px))
         contains_click = masks[:, click_window_px[1], click_window_px[0]]
         point_in_mask = bool(contains_click.any())
-        scores = np.where(contains_click, predicted_ious, -np.inf) if point_in_mask else predicted_ious
+        scores = predicted_ious
+        if point_in_mask:
+            scores = np.where(contains_click, predicted_ious, -np.inf)
         chosen = int(np.argmax(scores))
         if not point_in_mask:
-            logger.info(
+            logger.debug(
                 "No SAM mask contains the click at (%.1f, %.1f) level-0 px on %s, so the "
                 "highest-scoring mask was taken",
                 x_level0, y_level0, slide.info.path.name,
@@ -440,7 +446,8 @@ class PromptSegmenter:
         _check_inside_slide(slide, "x0", x0_level0, "y0", y0_level0, closed=True)
         _check_inside_slide(slide, "x1", x1_level0, "y1", y1_level0, closed=True)
 
-        max_level0 = self._window_px * self._mpp / slide.mpp
+        # The relative tolerance accepts a box of exactly one window after float rounding.
+        max_level0 = self._window_px * self._mpp / slide.mpp * (1.0 + 1e-9)
         w_level0 = x1_level0 - x0_level0
         h_level0 = y1_level0 - y0_level0
         if w_level0 > max_level0 or h_level0 > max_level0:
@@ -495,7 +502,7 @@ class PromptSegmenter:
         return masks, predicted_ious, cache_hit
 
     def _encode(self, slide: Slide, frame: WorkingFrame, window: PromptWindow) -> _Embedding:
-        """Read one window and run the image encoder on it. The caller holds the lock."""
+        """Read one window and run the image encoder on it. The caller must own the lock."""
         rgb = frame.read(slide, window.x_px, window.y_px, window.size_px, window.size_px)
         self._predictor.set_image(rgb)
         self._encoder_runs += 1
@@ -569,7 +576,8 @@ def _check_inside_slide(
     for name, value in ((x_name, x_level0), (y_name, y_level0)):
         if not _is_real(value):
             raise SettingsError(
-                f"{name} must be a finite number of level-0 pixels, got {value!r}."
+                f"{name} must be a finite number of level-0 pixels, got {value!r}. "
+                "Send the prompt position as a number."
             )
     bounds_x, bounds_y, bounds_w, bounds_h = slide.info.bounds_level0
     for name, value, low, size in (

@@ -101,7 +101,7 @@ def _features(document: Any, path: Path) -> list[Any]:
         return document
     if not isinstance(document, dict):
         raise AnnotationFileError(
-            f"Annotation file {path} is JSON {type(document).__name__}, expected a GeoJSON "
+            f"Annotation file {path} is JSON but contains a single value, not a GeoJSON "
             f"object or array. Supported formats are {SUPPORTED_FORMATS_TEXT}."
         )
 
@@ -116,7 +116,7 @@ def _features(document: Any, path: Path) -> list[Any]:
         return features
     if geojson_type == "Feature":
         return [document]
-    if geojson_type in _GEOMETRY_TYPES:
+    if isinstance(geojson_type, str) and geojson_type in _GEOMETRY_TYPES:
         return [{"type": "Feature", "geometry": document, "properties": {}}]
     raise AnnotationFileError(
         f"Annotation file {path} is JSON but not GeoJSON: its top-level object has "
@@ -181,7 +181,7 @@ def _read_feature(index: int, feature: Any, collector: ObjectCollector) -> None:
         key: value
         for key, value in properties.items()
         if key not in _FIELD_PROPERTIES
-        and not (key == "id" and value in LEGACY_OBJECT_TYPES)
+        and not (key == "id" and isinstance(value, str) and value in LEGACY_OBJECT_TYPES)
     }
     feature_id = feature.get("id")
     if isinstance(feature_id, str) and feature_id not in LEGACY_OBJECT_TYPES:
@@ -320,6 +320,10 @@ def _geometry_polygons(geometry: Any) -> list[list[Ring]]:
     if not isinstance(geometry, dict):
         raise GeometryRejected(f"\"geometry\" is {_describe(geometry)}, expected an object")
     geometry_type = geometry.get("type")
+    if not isinstance(geometry_type, str):
+        raise GeometryRejected(
+            f"geometry \"type\" is {_describe(geometry_type)}, expected a string"
+        )
 
     if geometry_type == "Polygon":
         return [_rings(geometry.get("coordinates"), "polygon 0")]

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 
-from . import services
+from . import csv_export, services
 from .geojson import export_feature_collection
 from .models import Instance, ProposalRun
 from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
@@ -93,3 +93,34 @@ class GeoJSONExportView(APIView):
         )
         response["Content-Disposition"] = f'attachment; filename="slide-{slide.pk}.geojson"'
         return response
+
+
+def _csv_response(text: str, filename: str) -> HttpResponse:
+    # A byte order mark makes spreadsheet programs read the file as UTF-8.
+    response = HttpResponse("\ufeff" + text, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class SlideCountsCSVView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
+
+    def get(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        return _csv_response(csv_export.counts_csv([slide]), f"slide-{slide.pk}-counts.csv")
+
+
+class CohortCountsCSVView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
+
+    def get(self, request):
+        return _csv_response(csv_export.counts_csv(Slide.objects.order_by("id")), "cohort-counts.csv")
+
+
+class CohortReviewersCSVView(APIView):
+    permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
+
+    def get(self, request):
+        return _csv_response(
+            csv_export.reviewers_csv(Slide.objects.order_by("id")), "cohort-reviewers.csv"
+        )

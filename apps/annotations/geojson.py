@@ -9,19 +9,11 @@ import json
 import math
 import uuid
 
+from .classes import color_rgb
+
 # The namespace makes feature ids stable across exports of the same instance.
 _FEATURE_ID_NAMESPACE = uuid.UUID("6f0d5a4e-2a7b-4f5e-9c56-0b8c3c1f7a10")
 
-CLASS_COLOURS_RGB = {
-    "proximal tubule": (0, 0, 255),
-    "distal tubule": (255, 255, 0),
-    "atrophic tubule": (135, 206, 250),
-    "glomerulus": (255, 0, 255),
-    "sclerotic glomerulus": (128, 0, 128),
-    "vessel": (255, 0, 0),
-    "background": (0, 0, 0),
-    "unspecified tubule": (128, 128, 128),
-}
 
 
 def _number(value):
@@ -50,7 +42,7 @@ def instance_feature(instance) -> dict:
     if instance.class_name:
         properties["classification"] = {
             "name": instance.class_name,
-            "color": list(CLASS_COLOURS_RGB.get(instance.class_name, (128, 128, 128))),
+            "color": list(color_rgb(instance.class_name)),
         }
     return {
         "type": "Feature",

@@ -92,7 +92,7 @@ def resolve_checkpoint_for(sam_type: str, explicit_path: str = "", progress=None
 _model_cache: dict = {}
 
 
-def _load_model(path, sam_type):
+def load_model(path, sam_type):
     """Load a SAM once per worker process; the same file is reused by later runs."""
     from ml.sam import load_sam
 
@@ -131,7 +131,7 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
         checkpoint = resolve_checkpoint_for(
             requested_type or settings.NEPHROWEB_SAM_TYPE, checkpoint_path or run.checkpoint
         )
-        loaded = _load_model(checkpoint, requested_type)
+        loaded = load_model(checkpoint, requested_type)
         run.checkpoint = str(checkpoint)
         run.checkpoint_sha256 = loaded.sha256 or ""
         run.sam_type = loaded.sam_type or "custom"

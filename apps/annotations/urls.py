@@ -19,4 +19,15 @@ urlpatterns = [
         api.GeoJSONExportView.as_view(),
         name="api-export-geojson",
     ),
+    path(
+        "api/slides/<int:slide_id>/export.csv",
+        api.SlideCountsCSVView.as_view(),
+        name="api-export-slide-csv",
+    ),
+    path("api/export/cohort.csv", api.CohortCountsCSVView.as_view(), name="api-export-cohort-csv"),
+    path(
+        "api/export/reviewers.csv",
+        api.CohortReviewersCSVView.as_view(),
+        name="api-export-reviewers-csv",
+    ),
 ]

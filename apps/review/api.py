@@ -12,13 +12,14 @@ from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent
 from apps.annotations.serializers import instance_feature
 from apps.slides.models import Slide
 
-from . import selectors, services
+from . import prompting, selectors, services
 from .models import SlideAssignment
 from .serializers import (
     AssignmentSerializer,
     ChangeSerializer,
     DrawSerializer,
     EventSerializer,
+    PromptSerializer,
     QueueQuerySerializer,
 )
 
@@ -101,6 +102,23 @@ class DrawView(APIView):
         form = DrawSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         instance = services.draw(slide, user=request.user, **form.validated_data)
+        return Response(instance_feature(instance), status=status.HTTP_201_CREATED)
+
+
+class PromptView(APIView):
+    """POST {point_level0: [x, y]} or {box_level0: [x0, y0, x1, y1]} and class_name."""
+
+    permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        form = PromptSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        instance = prompting.draw_with_prompt(
+            slide, user=request.user, class_name=data["class_name"],
+            point_level0=data.get("point_level0"), box_level0=data.get("box_level0"),
+        )
         return Response(instance_feature(instance), status=status.HTTP_201_CREATED)
 
 

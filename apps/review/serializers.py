@@ -21,6 +21,16 @@ class DrawSerializer(serializers.Serializer):
     class_name = serializers.CharField(max_length=64)
 
 
+class PromptSerializer(serializers.Serializer):
+    point_level0 = serializers.ListField(
+        child=serializers.FloatField(), min_length=2, max_length=2, required=False
+    )
+    box_level0 = serializers.ListField(
+        child=serializers.FloatField(), min_length=4, max_length=4, required=False
+    )
+    class_name = serializers.CharField(max_length=64)
+
+
 class QueueQuerySerializer(serializers.Serializer):
     slide = serializers.IntegerField(required=False)
     order = serializers.ChoiceField(choices=sorted(QUEUE_ORDERS), required=False)

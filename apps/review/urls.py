@@ -17,6 +17,7 @@ urlpatterns = [
     ),
     path("api/slides/<int:slide_id>/draw/", api.DrawView.as_view(), name="api-draw"),
     path("api/slides/<int:slide_id>/undo/", api.UndoView.as_view(), name="api-undo"),
+    path("api/slides/<int:slide_id>/prompt/", api.PromptView.as_view(), name="api-prompt"),
     path("api/slides/<int:slide_id>/history/", api.SlideHistoryView.as_view(), name="api-slide-history"),
     path(
         "api/slides/<int:slide_id>/review-progress/",

@@ -692,3 +692,13 @@ def test_object_rejects_invalid_geometry() -> None:
 def test_object_rejects_bad_color() -> None:
     with pytest.raises(ValueError, match="class_color_rgb"):
         square_object(class_color_rgb=(0, 0, 256))
+
+
+def test_huge_coordinate_skipped(tmp_path) -> None:
+    path = write_json(tmp_path, feature(polygon([[[0, 0], [1e308, 0], [10, 10], [0, 0]]])))
+
+    (skipped,) = read_annotation_file(path).skipped
+
+    assert skipped.reason == (
+        "coordinate 1e+308 at position 1 of ring 0 of polygon 0 is outside +-1e+09 level-0 pixels"
+    )

@@ -81,7 +81,8 @@ def count_encoder_forwards(model: Sam) -> list[int]:
 def grid_origins_px(window_px: int, low_px: float, high_px: float) -> list[int]:
     """Return every grid origin from one window left of low_px to high_px."""
     step_px = window_px // 2
-    return list(range(math.floor(low_px / step_px) * step_px - window_px, int(high_px) + 1, step_px))
+    first_px = math.floor(low_px / step_px) * step_px - window_px
+    return list(range(first_px, int(high_px) + 1, step_px))
 
 
 # Window grid
@@ -122,8 +123,10 @@ def test_window_grid_box_contains_box(box_px: tuple[float, float, float, float])
     window = window_for_box_px(x0_px, y0_px, x1_px, y1_px, WINDOW_PX)
 
     assert window.on_grid
-    assert window.x_px <= x0_px and x1_px <= window.x_px + WINDOW_PX
-    assert window.y_px <= y0_px and y1_px <= window.y_px + WINDOW_PX
+    assert window.x_px <= x0_px
+    assert x1_px <= window.x_px + WINDOW_PX
+    assert window.y_px <= y0_px
+    assert y1_px <= window.y_px + WINDOW_PX
     centre_x_px = (x0_px + x1_px) / 2
     own_distance = abs(window.x_px + STEP_PX - centre_x_px)
     for other_px in grid_origins_px(WINDOW_PX, x0_px, x1_px):
@@ -138,7 +141,8 @@ def test_window_grid_wide_box_off_grid() -> None:
     assert not window.on_grid
     assert window.x_px == 72
     assert window.y_px == 0
-    assert window.x_px <= 100.0 and 300.0 <= window.x_px + WINDOW_PX
+    assert window.x_px <= 100.0
+    assert 300.0 <= window.x_px + WINDOW_PX
 
 
 def test_window_grid_full_size_box() -> None:
@@ -312,7 +316,7 @@ def test_point_polygon_valid_near_click(
 def test_click_in_mask_polygon_contains_click(
     slide: Slide, frame: WorkingFrame, tiny_sam: Sam
 ) -> None:
-    # With seed 1 the chosen mask at this click is speckled. The traced component is the
+    # The tiny SAM's chosen mask at this click is speckled. The traced component is the
     # one under the click, not the largest one elsewhere in the window.
     segmenter = make_segmenter(tiny_sam)
 
@@ -338,15 +342,17 @@ def test_click_near_bottom_right_edge(slide: Slide, frame: WorkingFrame, tiny_sa
     assert result.polygon_level0 is not None
     assert result.polygon_level0.is_valid
     min_x, min_y, max_x, max_y = result.polygon_level0.bounds
-    assert 0.0 <= min_x and max_x <= slide.width_px
-    assert 0.0 <= min_y and max_y <= slide.height_px
+    assert min_x >= 0.0
+    assert min_y >= 0.0
+    assert max_x <= slide.width_px
+    assert max_y <= slide.height_px
 
 
 def test_click_near_corner_window_padded(
     slide: Slide, frame: WorkingFrame, tiny_sam: Sam
 ) -> None:
-    # Limitation: a click within a quarter window of the slide's edge gets a window that
-    # reaches past the slide, so part of SAM's input is background padding.
+    # A click within a quarter window of the slide's edge gets a window that reaches past
+    # the slide, so part of SAM's input is background padding.
     segmenter = make_segmenter(tiny_sam)
 
     result = segmenter.segment_point(slide, 0.0, 0.0)
@@ -396,8 +402,8 @@ def test_box_shares_click_window_cache(
 def test_wide_box_centred_window_uncached(
     slide: Slide, frame: WorkingFrame, tiny_sam: Sam
 ) -> None:
-    # Limitation: a box that fits no grid window gets a window centred on it, which
-    # later clicks never reuse, so its encoder run is not shared.
+    # A box that fits no grid window gets a window centred on it, which later clicks
+    # never reuse, so its encoder run is not shared.
     segmenter = make_segmenter(tiny_sam)
     x0_level0, y0_level0 = frame.to_level0(100.0, 150.0)
     x1_level0, y1_level0 = frame.to_level0(300.0, 200.0)
@@ -631,6 +637,23 @@ def test_box_larger_than_window_rejected(slide: Slide, tiny_sam: Sam) -> None:
 
     assert "box_level0_xyxy" in str(error.value)
     assert segmenter.encoder_runs == 0
+
+
+def test_box_one_window_accepted(slide: Slide, frame: WorkingFrame, tiny_sam: Sam) -> None:
+    side_level0 = WINDOW_PX * frame.scale_level0_per_px
+    box_level0_xyxy = (100.0, 200.0, 100.0 + side_level0, 200.0 + side_level0)
+
+    result = make_segmenter(tiny_sam).segment_box(slide, box_level0_xyxy)
+
+    window_level0 = window_box_level0(result, frame)
+    window_x0, window_y0, window_x1, window_y1 = window_level0.bounds
+    assert window_x0 <= box_level0_xyxy[0]
+    assert window_y0 <= box_level0_xyxy[1]
+    # The window's far edges fall short of the box by under one working pixel.
+    assert box_level0_xyxy[2] - window_x1 < frame.scale_level0_per_px
+    assert box_level0_xyxy[3] - window_y1 < frame.scale_level0_per_px
+    assert result.polygon_level0 is not None
+    assert window_level0.buffer(1e-6).covers(result.polygon_level0)
 
 
 def test_box_edge_to_edge_accepted(slide: Slide, frame: WorkingFrame, tiny_sam: Sam) -> None:
