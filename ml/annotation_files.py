@@ -4,7 +4,7 @@
 dispatches to one reader per format:
 
 - GeoJSON as QuPath and Digital Slide Archive export it (``ml.qupath_geojson``), which
-  also holds the writer ``write_qupath_geojson``.
+  also contains the writer ``write_qupath_geojson``.
 - ASAP XML (``ml.asap_xml``).
 - Aperio ImageScope XML (``ml.aperio_xml``).
 
@@ -262,8 +262,10 @@ class ObjectCollector:
         except GeometryRejected as rejected:
             self.skip(index, rejected.reason)
             return
-        self.repaired += checked.repaired
-        self.approximated_splines += is_spline
+        if checked.repaired:
+            self.repaired += 1
+        if is_spline:
+            self.approximated_splines += 1
         self.objects.append(
             AnnotationObject(
                 index=index,

@@ -1,6 +1,6 @@
 """Aperio ImageScope XML annotations (``<Annotations>`` with Regions and Vertices).
 
-An ImageScope file holds layers (``Annotation`` elements), each with regions
+An ImageScope file contains layers (``Annotation`` elements), each with regions
 (``Regions/Region``) whose ``Vertices/Vertex`` give the outline in level-0 pixels. Every
 region becomes one object, indexed in document order across all layers. The layer's
 ``Name`` is the class (unclassified when empty) and its ``LineColor`` the class colour.

@@ -50,11 +50,11 @@ _FIELD_PROPERTIES = ("objectType", "classification", "measurements")
 def read_geojson_bytes(content: bytes, path: Path) -> AnnotationFile:
     """Parse GeoJSON content and import its polygonal features.
 
-    Class rule: the QuPath ``classification`` (an object with ``name`` or ``names``, or
-    a plain string) when present; otherwise a string ``label`` (or DSA's
-    ``{"value": ...}``), then a string ``group``; otherwise ``name``, but only for
-    features without a QuPath object type, because QuPath's ``name`` is an object's own
-    name, not its class. Without any of these the object is unclassified.
+    Class rule: the QuPath ``classification`` comes first, as an object with ``name``
+    or ``names`` or as a plain string. Without one, the class is a string ``label``
+    (or DSA's ``{"value": ...}``), then a string ``group``. Last comes ``name``, but only
+    for features without a QuPath object type, because QuPath's ``name`` is an object's
+    own name, not its class. Without any of these the object is unclassified.
 
     Raises:
         AnnotationFileError: The content is not valid UTF-8 JSON, or JSON of a shape that is
@@ -437,16 +437,16 @@ def _feature(obj: AnnotationObject) -> dict[str, Any]:
     }
 
 
-def _feature_id(given: Any) -> str:
+def _feature_id(feature_id: Any) -> str:
     """Return the given id when it is a UUID, else a new random UUID.
 
     NOTE: QuPath 0.4 reads the feature id as a UUID; ids of other forms (for example
     DSA's hexadecimal ids) are replaced, not kept, because it is unverified how QuPath
     treats them.
     """
-    if isinstance(given, str):
+    if isinstance(feature_id, str):
         try:
-            return str(uuid.UUID(given))
+            return str(uuid.UUID(feature_id))
         except ValueError:
             pass
     return str(uuid.uuid4())

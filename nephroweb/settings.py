@@ -168,6 +168,7 @@ MEDIA_ROOT = Path(env_str("NEPHROWEB_MEDIA_ROOT", str(DATA_DIR / "media")))
 # the declared Content-Length before the body is read, and against the received size
 # before the file is stored.
 NEPHROWEB_MAX_UPLOAD_MB = env_number("NEPHROWEB_MAX_UPLOAD_MB", 4096, int)
+NEPHROWEB_MAX_ANNOTATION_UPLOAD_MB = env_number("NEPHROWEB_MAX_ANNOTATION_UPLOAD_MB", 200, int)
 FILE_UPLOAD_TEMP_DIR = None
 FILE_UPLOAD_PERMISSIONS = 0o640
 

@@ -1,16 +1,23 @@
 """REST endpoints: proposal runs, instances by viewport, GeoJSON export."""
 
+import json
+from pathlib import Path
+
+from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import status
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
+from ml.annotation_files import AnnotationFileError, read_annotation_bytes
 
 from . import csv_export, services
 from .geojson import export_feature_collection
+from .importing import import_annotations
 from .models import Instance, ProposalRun
 from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
 
@@ -124,3 +131,33 @@ class CohortReviewersCSVView(APIView):
         return _csv_response(
             csv_export.reviewers_csv(Slide.objects.order_by("id")), "cohort-reviewers.csv"
         )
+
+
+class AnnotationImportView(APIView):
+    """POST multipart: ``file`` and optionally ``mapping`` (JSON: file class -> class or "")."""
+
+    parser_classes = [MultiPartParser]
+    permission_classes = [has_perm("slides.view_slide", "annotations.import_instances")]
+
+    def post(self, request, slide_id):
+        slide = get_object_or_404(Slide, pk=slide_id)
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise AnnotationFileError("Choose an annotation file to upload (field 'file').")
+        limit_bytes = settings.NEPHROWEB_MAX_ANNOTATION_UPLOAD_MB * 1024 * 1024
+        if upload.size > limit_bytes:
+            raise AnnotationFileError(
+                f"{upload.name}: {upload.size / 2**20:.0f} MB exceeds the annotation upload limit "
+                f"of {settings.NEPHROWEB_MAX_ANNOTATION_UPLOAD_MB} MB."
+            )
+        try:
+            mapping = json.loads(request.data.get("mapping") or "{}")
+        except json.JSONDecodeError as exc:
+            raise AnnotationFileError(f"mapping is not valid JSON: {exc}.") from None
+        if not isinstance(mapping, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+        ):
+            raise AnnotationFileError('mapping must be a JSON object of names, e.g. {"Glom": "glomerulus"}.')
+        annotations = read_annotation_bytes(upload.read(), Path(upload.name).name)
+        report = import_annotations(slide, annotations, user=request.user, mapping=mapping)
+        return Response(report.as_dict(), status=status.HTTP_201_CREATED)

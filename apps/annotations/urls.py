@@ -24,6 +24,11 @@ urlpatterns = [
         api.SlideCountsCSVView.as_view(),
         name="api-export-slide-csv",
     ),
+    path(
+        "api/slides/<int:slide_id>/annotation-imports/",
+        api.AnnotationImportView.as_view(),
+        name="api-annotation-import",
+    ),
     path("api/export/cohort.csv", api.CohortCountsCSVView.as_view(), name="api-export-cohort-csv"),
     path(
         "api/export/reviewers.csv",

@@ -1,9 +1,11 @@
 // The one module that talks to the server: REST endpoints and tile URLs.
 
 export class ApiError extends Error {
-  constructor(message, status) {
+  // `body` is the parsed JSON error body, e.g. {detail, current} after a version conflict.
+  constructor(message, status, body = null) {
     super(message);
     this.status = status;
+    this.body = body;
   }
 }
 
@@ -14,8 +16,9 @@ function csrfToken() {
 
 async function errorFrom(response) {
   let detail = `${response.status} ${response.statusText}`;
+  let body = null;
   try {
-    const body = await response.json();
+    body = await response.json();
     if (body.detail) {
       detail = body.detail;
     } else if (typeof body === "object") {
@@ -26,7 +29,7 @@ async function errorFrom(response) {
   } catch {
     // The body was not JSON; the status line is the message.
   }
-  return new ApiError(detail, response.status);
+  return new ApiError(detail, response.status, body);
 }
 
 export async function getJSON(url) {
@@ -44,6 +47,16 @@ export async function postJSON(url, body) {
   });
   if (!response.ok) throw await errorFrom(response);
   return response.json();
+}
+
+export async function deleteJSON(url) {
+  const response = await fetch(url, {
+    method: "DELETE",
+    credentials: "same-origin",
+    headers: { "X-CSRFToken": csrfToken() },
+  });
+  if (!response.ok) throw await errorFrom(response);
+  return response.status === 204 ? null : response.json();
 }
 
 // Upload a slide with progress: XMLHttpRequest reports upload progress, fetch does not.
@@ -77,6 +90,34 @@ export const api = {
     getJSON(`/api/slides/${slideId}/instances/?bbox=${bboxLevel0.map((v) => Math.round(v)).join(",")}&limit=${limit}`),
   proposalRuns: (slideId) => getJSON(`/api/slides/${slideId}/proposal-runs/`),
   startProposalRun: (slideId, body = {}) => postJSON(`/api/slides/${slideId}/proposal-runs/`, body),
+  classes: () => getJSON("/api/classes/"),
+  instance: (instanceId) => getJSON(`/api/instances/${instanceId}/`),
+  // Pending instances of one slide, most uncertain first; `order` null means the server's default.
+  reviewQueue: (slideId, order = null, limit = 200) =>
+    getJSON(`/api/review/queue/?slide=${slideId}&limit=${limit}${order ? `&order=${order}` : ""}`),
+  reviewProgress: (slideId) => getJSON(`/api/slides/${slideId}/review-progress/`),
+  // action is accept, reject, reopen, relabel or edit; body carries the version the user saw.
+  changeInstance: (instanceId, action, body) => postJSON(`/api/instances/${instanceId}/${action}/`, body),
+  deleteInstance: (instanceId, version) => deleteJSON(`/api/instances/${instanceId}/?version=${version}`),
+  draw: (slideId, geometry, className) =>
+    postJSON(`/api/slides/${slideId}/draw/`, { geometry, class_name: className }),
+  undo: (slideId) => postJSON(`/api/slides/${slideId}/undo/`, {}),
+  // prompt is {point_level0: [x, y]} or {box_level0: [x0, y0, x1, y1]}.
+  promptSam: (slideId, prompt, className) =>
+    postJSON(`/api/slides/${slideId}/prompt/`, { ...prompt, class_name: className }),
+  evaluationRegions: (slideId) => getJSON(`/api/slides/${slideId}/evaluation-regions/`),
+  addEvaluationRegion: (slideId, geometry) =>
+    postJSON(`/api/slides/${slideId}/evaluation-regions/`, { geometry }),
+  // Save an outline while the page unloads: a keepalive request outlives the page, and
+  // unlike sendBeacon it can carry the CSRF header. Nobody reads the response.
+  saveOutlineOnUnload: (instanceId, version, geometry) =>
+    fetch(`/api/instances/${instanceId}/edit/`, {
+      method: "POST",
+      credentials: "same-origin",
+      keepalive: true,
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      body: JSON.stringify({ version, geometry }),
+    }),
   eventsSocketUrl: (slideId) => {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
     return `${scheme}://${window.location.host}/ws/slides/${slideId}/events/`;

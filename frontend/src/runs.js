@@ -1,12 +1,11 @@
 // Proposal runs on the slide page: start button, live progress, per-stage counts.
 //
-// Progress arrives on the websocket. That channel may drop messages, so the panel also
-// reloads the runs from the API every few seconds while a run is active and after every
-// reconnect.
+// Progress arrives on the slide's websocket. That channel may drop messages, so the panel
+// also reloads the runs from the API every few seconds while a run is active and after
+// every reconnect.
 import { api } from "./api.js";
 
 const RESYNC_INTERVAL_MS = 3000;
-const RECONNECT_DELAY_MS = 2000;
 const ACTIVE = new Set(["queued", "running"]);
 
 const COUNT_LABELS = {
@@ -26,7 +25,7 @@ const COUNT_LABELS = {
 };
 
 export class RunPanel {
-  constructor(root, slideId, { onRunFinished }) {
+  constructor(root, slideId, events, { onRunFinished }) {
     this.root = root;
     this.slideId = slideId;
     this.onRunFinished = onRunFinished;
@@ -39,7 +38,8 @@ export class RunPanel {
     this.resyncTimer = null;
 
     if (this.button) this.button.addEventListener("click", () => this.start());
-    this.connect();
+    events.on("run.progress", (message) => this.show(message.run));
+    events.onConnect(() => this.resync());
     this.resync();
   }
 
@@ -54,16 +54,6 @@ export class RunPanel {
       this.button.disabled = false;
     }
     this.scheduleResync();
-  }
-
-  connect() {
-    const socket = new WebSocket(api.eventsSocketUrl(this.slideId));
-    socket.addEventListener("message", (event) => {
-      const data = JSON.parse(event.data);
-      if (data.type === "run.progress") this.show(data.run);
-    });
-    socket.addEventListener("open", () => this.resync());
-    socket.addEventListener("close", () => setTimeout(() => this.connect(), RECONNECT_DELAY_MS));
   }
 
   scheduleResync() {

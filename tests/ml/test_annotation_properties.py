@@ -156,8 +156,10 @@ def damaged_documents(draw: st.DrawFn) -> object:
     for _ in range(draw(st.integers(min_value=1, max_value=3))):
         paths = json_paths(document)
         path = draw(st.sampled_from(paths))
+        # A copy, so that later steps never modify the strategy's own lists and dicts.
+        bad_value = copy.deepcopy(draw(bad_values))
         if not path:
-            document = draw(bad_values)
+            document = bad_value
             continue
         parent = document
         for step in path[:-1]:
@@ -165,7 +167,7 @@ def damaged_documents(draw: st.DrawFn) -> object:
         if draw(st.booleans()) and isinstance(parent, dict):
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(bad_values)
+            parent[path[-1]] = bad_value
     return document
 
 

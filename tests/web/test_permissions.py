@@ -37,6 +37,7 @@ ENDPOINTS = {
     "api-instances": ("get", "/api/slides/{slide}/instances/?bbox=0,0,10,10", None, EVERYONE),
     "api-export-geojson": ("get", "/api/slides/{slide}/export.geojson", None, PATHOLOGISTS),
     "api-export-slide-csv": ("get", "/api/slides/{slide}/export.csv", None, PATHOLOGISTS),
+    "api-annotation-import": ("post", "/api/slides/{slide}/annotation-imports/", {}, ADMINS),
     "api-export-cohort-csv": ("get", "/api/export/cohort.csv", None, PATHOLOGISTS),
     "api-export-reviewers-csv": ("get", "/api/export/reviewers.csv", None, PATHOLOGISTS),
     "api-classes": ("get", "/api/classes/", None, EVERYONE),
