@@ -8,10 +8,10 @@ dispatches to one reader per format:
 - ASAP XML (``ml.asap_xml``).
 - Aperio ImageScope XML (``ml.aperio_xml``).
 
-Every reader applies the same geometry rules (``polygonal_geometry``): coordinates are
-kept exactly as written (no rounding, no shifting), a polygon needs 3 distinct points and
-a non-zero area, and a self-intersecting outline is repaired with ``shapely.make_valid``,
-keeping only its polygonal parts. One bad object never aborts a file: it becomes a
+Every reader applies the same geometry rules (``polygonal_geometry``). Coordinates are
+kept exactly as written, with no rounding or shifting. A polygon needs 3 distinct points
+and a non-zero area. A self-intersecting outline is repaired with ``shapely.make_valid``,
+which keeps only its polygonal parts. One bad object never aborts a file: it becomes a
 ``SkippedObject`` with its index and the reason. A file that is not an annotation file at
 all raises ``AnnotationFileError``.
 
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from ml.errors import NephrowebError
@@ -70,7 +71,7 @@ class AnnotationObject:
         object_type: QuPath object type: "annotation", "detection", "cell", "tile", ...
         measurements: Measurement name to finite value. Missing and non-finite values are
             not stored.
-        properties: Other properties from the file, kept as read. The key "id" holds the
+        properties: Other properties from the file, kept as read. The key "id" contains the
             feature id, which ``write_qupath_geojson`` reuses when it is a UUID.
     """
 
@@ -232,6 +233,11 @@ def polygonal_geometry(polygons: Sequence[Sequence[Ring]]) -> PolygonalGeometry:
             "degenerate: the outline is invalid and no area remains after repair"
         )
     repaired = parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    if not repaired.is_valid:
+        # Parts that share an edge make an invalid MultiPolygon, so they are merged.
+        repaired = shapely.union_all(parts)
+    if not isinstance(repaired, (Polygon, MultiPolygon)) or not repaired.is_valid:
+        raise GeometryRejected("the outline is invalid and could not be repaired")
     return PolygonalGeometry(geometry=repaired, repaired=True)
 
 

@@ -176,7 +176,7 @@ def _window_start_px(start_px: float, end_px: float, window_px: int) -> tuple[in
     k_last = math.floor(start_px / step_px)
     k_central = math.floor((start_px + end_px) / 2.0 / step_px - 1.0 + 0.5)
     if k_first <= k_last:
-        # Limitation: near the slide's edge the window reaches past it, so SAM sees padding.
+        # Limitation: near the slide's edge the window reaches past it, so the input has padding.
         return min(max(k_central, k_first), k_last) * step_px, True
     # Limitation: an off-grid window is never reused by clicks, so it costs its own encoding.
     centred_px = math.floor((start_px + end_px) / 2.0 - window_px / 2.0 + 0.5)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+import shapely
 from shapely.geometry import MultiPolygon, Polygon
 
 from ml.annotation_files import (
@@ -406,11 +407,12 @@ def write_qupath_geojson(
     """
     features = [_feature(obj) for obj in objects]
     collection = {"type": "FeatureCollection", "features": features}
+    # json.dumps uses the C encoder, which json.dump to a stream does not (CPython 3.11).
+    text = json.dumps(collection, allow_nan=False, ensure_ascii=False)
     if hasattr(destination, "write"):
-        json.dump(collection, destination, allow_nan=False, ensure_ascii=False)
+        destination.write(text)
     else:
-        with Path(destination).open("w", encoding="utf-8") as stream:
-            json.dump(collection, stream, allow_nan=False, ensure_ascii=False)
+        Path(destination).write_text(text, encoding="utf-8")
     logger.info("Wrote %d features as QuPath GeoJSON to %s.", len(features), destination)
     return len(features)
 
@@ -463,7 +465,7 @@ def _geometry_json(geometry: Polygon | MultiPolygon) -> dict[str, Any]:
 
 def _polygon_coordinates(polygon: Polygon) -> list[list[list[float]]]:
     rings = [polygon.exterior, *polygon.interiors]
-    return [[[x, y] for x, y, *_ in ring.coords] for ring in rings]
+    return [shapely.get_coordinates(ring).tolist() for ring in rings]
 
 
 def _strict_json_value(value: Any) -> Any:

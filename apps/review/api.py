@@ -191,9 +191,9 @@ class AssignmentListView(APIView):
     def post(self, request):
         form = AssignmentSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        assignment, _ = SlideAssignment.objects.get_or_create(
-            slide=form.validated_data["slide"], reviewer=form.validated_data["reviewer"],
-            defaults={"assigned_by": request.user},
+        assignment = services.assign(
+            form.validated_data["slide"], reviewer=form.validated_data["reviewer"],
+            assigned_by=request.user,
         )
         return Response(AssignmentSerializer(assignment).data, status=status.HTTP_201_CREATED)
 

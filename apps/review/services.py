@@ -32,6 +32,8 @@ from apps.annotations.geometry import geometry_row_fields
 from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent, ProposalRun
 from ml.errors import NephrowebError
 
+from .models import SlideAssignment
+
 logger = logging.getLogger(__name__)
 
 State = Instance.ReviewState
@@ -306,3 +308,13 @@ def add_evaluation_region(slide, *, user, geometry: dict) -> EvaluationRegion:
     return EvaluationRegion.objects.create(
         slide=slide, geometry=geometry_row_fields(polygon, slide.mpp)["geometry"], created_by=user
     )
+
+
+def assign(slide, *, reviewer, assigned_by) -> SlideAssignment:
+    """Give ``slide`` to ``reviewer`` (idempotent: an existing assignment is returned)."""
+    assignment, created = SlideAssignment.objects.get_or_create(
+        slide=slide, reviewer=reviewer, defaults={"assigned_by": assigned_by}
+    )
+    if created:
+        logger.info("Slide %s assigned to %s by %s", slide.pk, reviewer, assigned_by)
+    return assignment

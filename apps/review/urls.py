@@ -1,8 +1,9 @@
 from django.urls import path
 
-from . import api
+from . import api, views
 
 urlpatterns = [
+    path("review/assign/", views.assign_slide, name="assign-slide"),
     path("api/classes/", api.ClassListView.as_view(), name="api-classes"),
     path("api/instances/<int:instance_id>/", api.InstanceDetailView.as_view(), name="api-instance"),
     path(

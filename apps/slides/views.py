@@ -1,6 +1,8 @@
 """Pages: the slide list and the slide viewer. Data comes from the API in the browser."""
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
+from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, render
 
 from .models import Slide
@@ -9,9 +11,20 @@ from .models import Slide
 @login_required
 @permission_required("slides.view_slide", raise_exception=True)
 def slide_list(request):
+    slides = Slide.objects.annotate(
+        objects_total=Count("instances", distinct=True),
+        objects_pending=Count("instances", filter=Q(instances__review_state="pending"), distinct=True),
+    ).prefetch_related("assignments__reviewer")
+    mine = set(request.user.slide_assignments.values_list("slide_id", flat=True))
+    can_assign = request.user.has_perm("review.assign_reviewers")
     return render(request, "slides/slide_list.html", {
-        "slides": Slide.objects.all(),
+        "slides": slides,
+        "assigned_to_me": mine,
         "can_upload": request.user.has_perm("slides.add_slide"),
+        "can_assign": can_assign,
+        "can_export": request.user.has_perm("annotations.export_instances"),
+        "reviewers": get_user_model().objects.filter(is_active=True).order_by("username")
+        if can_assign else [],
     })
 
 

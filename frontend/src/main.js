@@ -1,18 +1,33 @@
 // Entry point: each page marks its root element with data-page.
+import { api } from "./api.js";
 import { openViewer } from "./viewer.js";
 import { InstanceOverlay } from "./overlay.js";
+import { ReviewSession } from "./review.js";
 import { RunPanel } from "./runs.js";
+import { SlideEvents } from "./slide_events.js";
 import { initSlideList } from "./slide_list.js";
 
 async function initSlidePage(root) {
   const slideId = Number(root.dataset.slideId);
-  const { viewer } = await openViewer(root.querySelector("#viewer"), slideId);
+  const [{ viewer, metadata }, classes] = await Promise.all([
+    openViewer(root.querySelector("#viewer"), slideId),
+    api.classes(),
+  ]);
   const overlay = new InstanceOverlay(viewer, slideId, root.querySelector("#overlay-status"));
+  const events = new SlideEvents(slideId);
   const toggle = root.querySelector("#toggle-overlay");
   toggle.addEventListener("change", () => overlay.setVisible(toggle.checked));
-  new RunPanel(root.querySelector("#run-panel"), slideId, {
-    onRunFinished: () => overlay.fetch(),
+  const review = new ReviewSession({
+    root, slideId, viewer, metadata, overlay, events, overlayToggle: toggle, classes,
   });
+  new RunPanel(root.querySelector("#run-panel"), slideId, events, {
+    onRunFinished: () => {
+      overlay.fetch();
+      review.queue.reload();
+      review.reloadProgress();
+    },
+  });
+  await review.start();
 }
 
 document.addEventListener("DOMContentLoaded", () => {

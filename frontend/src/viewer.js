@@ -27,7 +27,11 @@ export async function openViewer(element, slideId) {
     showNavigator: true,
     navigatorPosition: "BOTTOM_RIGHT",
     maxZoomPixelRatio: 2,
-    gestureSettingsMouse: { clickToZoom: false },
+    // Jumps between queued objects should orient the reviewer, not keep them waiting.
+    animationTime: 0.6,
+    // Every key of the page is declared in shortcuts.js, so OpenSeadragon's own keys are off.
+    keyboardNavEnabled: false,
+    gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
   });
   let tilesLoaded = 0;
   viewer.addHandler("tile-loaded", () => {

@@ -58,3 +58,36 @@ async def test_user_without_role_is_closed(redis_url, make_user, async_client):
     communicator, connected, code = await _connect(async_client.cookies["sessionid"].value)
     assert not connected
     assert code == 4403
+
+
+async def test_review_change_reaches_slide_group(redis_url, make_user):
+    """A committed review change is published to the slide's group for other reviewers."""
+    from asgiref.sync import sync_to_async
+    from shapely.geometry import box
+
+    from apps.annotations.geometry import instance_row
+    from apps.review import services
+    from apps.slides.models import Slide
+
+    def create():
+        slide = Slide.objects.create(
+            name="s", file_path="/nonexistent/s.tiff", original_filename="s.tiff",
+            origin=Slide.Origin.IMPORT, width_px=100, height_px=100, mpp=0.5,
+            mpp_source="given", bounds_w_level0=100, bounds_h_level0=100,
+        )
+        instance = instance_row(box(1, 1, 9, 9), slide=slide, mpp=0.5, source="sam")
+        instance.save()
+        return slide, instance, make_user("annotator", username="ann")
+
+    slide, instance, user = await sync_to_async(create)()
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(slide_group(slide.pk), channel)
+    await sync_to_async(services.relabel)(instance.pk, user=user, version=1, class_name="vessel")
+    message = await layer.receive(channel)
+    assert message["type"] == "instance.changed"
+    assert message["instance"]["id"] == instance.pk
+    assert message["instance"]["version"] == 2
+    assert message["instance"]["class_name"] == "vessel"
+    assert message["instance"]["review_state"] == "accepted"
+    assert message["instance"]["by"] == "ann"

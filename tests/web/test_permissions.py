@@ -52,6 +52,7 @@ ENDPOINTS = {
     "api-evaluation-regions": ("post", "/api/slides/{slide}/evaluation-regions/", {"geometry": None}, REVIEWERS),
     "api-evaluation-region": ("delete", "/api/evaluation-regions/{region}/", None, PATHOLOGISTS),
     "api-review-queue": ("get", "/api/review/queue/?slide={slide}", None, EVERYONE),
+    "assign-slide": ("post", "/review/assign/", None, PATHOLOGISTS),
     "api-assignments": ("post", "/api/review/assignments/", {"slide": 0, "reviewer": "nobody"}, PATHOLOGISTS),
     "api-assignment": ("delete", "/api/review/assignments/{assignment}/", None, PATHOLOGISTS),
 }

@@ -204,3 +204,19 @@ def test_missing_slide_file_gives_clear_404(client_for, shared_data, tmp_path):
     assert response.status_code == 404
     assert "copy.svs is missing" in response.json()["detail"]
     assert client.get(f"/api/slides/{slide.pk}/tiles/0/0/0.jpg").status_code == 404
+
+
+def test_pathologist_assigns_slide_from_list(client_for, make_user, shared_data):
+    from apps.review.models import SlideAssignment
+
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    reviewer = make_user("annotator", username="ann")
+    client = client_for("pathologist")
+    response = client.post("/review/assign/", {"slide": slide.pk, "reviewer": "ann"}, follow=True)
+    assert response.status_code == 200
+    assert b"is assigned to ann" in response.content
+    assignment = SlideAssignment.objects.get()
+    assert (assignment.slide, assignment.reviewer) == (slide, reviewer)
+    client.post("/review/assign/", {"slide": slide.pk, "reviewer": "ann"})
+    assert SlideAssignment.objects.count() == 1
