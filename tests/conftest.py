@@ -56,3 +56,15 @@ def client_for(client, make_user):
         return client
 
     return signed_in
+
+
+def create_slide_record(name="synthetic", width_px=4000, height_px=3000, mpp=0.5, **fields):
+    """Create a Slide row without a file, for tests of review, import and export rules."""
+    from apps.slides.models import Slide
+
+    fields.setdefault("file_path", f"/nonexistent/{name}.tiff")
+    return Slide.objects.create(
+        name=name, original_filename=f"{name}.tiff", origin=Slide.Origin.IMPORT,
+        width_px=width_px, height_px=height_px, mpp=mpp, mpp_source="given",
+        bounds_w_level0=width_px, bounds_h_level0=height_px, **fields,
+    )

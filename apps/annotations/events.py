@@ -35,8 +35,15 @@ def publish_run(run) -> None:
 
 
 def instance_payload(instance, action: str, user, deleted: bool = False) -> dict:
-    """The websocket message for a changed instance (the new state, or its deletion)."""
+    """The websocket message for a changed instance (the new state, or its deletion).
+
+    ``feature`` is the instance as the API returns it, so a browser that had not loaded
+    the object can show it without another request.
+    """
+    from .serializers import instance_feature
+
     return {
+        "feature": None if deleted else instance_feature(instance),
         "id": instance.pk,
         "action": action,
         "deleted": deleted,

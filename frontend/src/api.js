@@ -109,7 +109,7 @@ export const api = {
   addEvaluationRegion: (slideId, geometry) =>
     postJSON(`/api/slides/${slideId}/evaluation-regions/`, { geometry }),
   // Save an outline while the page unloads: a keepalive request outlives the page, and
-  // unlike sendBeacon it can carry the CSRF header. Nobody reads the response.
+  // unlike sendBeacon it can carry the CSRF header. The response is ignored.
   saveOutlineOnUnload: (instanceId, version, geometry) =>
     fetch(`/api/instances/${instanceId}/edit/`, {
       method: "POST",

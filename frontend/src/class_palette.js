@@ -36,10 +36,6 @@ export class ClassPalette {
     return this.classes.find((c) => c.key === key) || null;
   }
 
-  byName(name) {
-    return this.classes.find((c) => c.name === name) || null;
-  }
-
   select(name) {
     this.selected = name;
     this.render();

@@ -1,12 +1,12 @@
 // Mouse editing on the instance overlay: select, edit vertices, draw, SAM prompts.
 //
 // Modes:
-// - review: a click selects the object under the pointer; a drag pans the slide.
+// - review: a click selects the object under the pointer, and a drag pans the slide.
 // - edit: handles on the current object's vertices. Drag a handle to move a vertex,
 //   double-click an edge to insert one, Alt+click a handle to delete one. A drag that
 //   starts off the handles pans, and a click selects another object.
 // - draw: each click adds a vertex. A double click or Enter finishes, and a drag pans.
-// - sam-point: a click sends a SAM point prompt. A drag pans.
+// - sam-point: a click sends a SAM point prompt, and a drag pans.
 // - sam-box: a drag spans a rectangle that is sent as a SAM box prompt.
 //
 // Every completed change (mouse up) is saved at once with the version the user saw
@@ -14,7 +14,7 @@
 // is still unsaved when the page goes away is sent with a keepalive request.
 //
 // Pointer presses that start a vertex drag or a box are caught in the capture phase on
-// the viewer container, so OpenSeadragon never sees them and cannot pan. Its mouse
+// the viewer container, so OpenSeadragon never receives them and cannot pan. Its mouse
 // navigation is also disabled for the length of such a drag.
 import {
   closedGeometry,
@@ -69,16 +69,12 @@ export class Editor {
   }
 
   setMode(mode) {
-    if (!MODES.includes(mode)) throw new Error(`Unknown editor mode ${mode}; expected one of ${MODES}.`);
+    if (!MODES.includes(mode)) throw new Error(`Invalid editor mode "${mode}": expected one of ${MODES.join(", ")}.`);
     this.mode = mode;
     this.drawnVertices = [];
     this.viewer.element.dataset.editorMode = mode;
     this.actions.modeChanged(mode);
     this.overlay.requestDraw();
-  }
-
-  hasUnsavedOutline() {
-    return Boolean(this.working || this.unsaved || this.saving);
   }
 
   // The feature as the overlay should show it: with the outline being edited, if any.
@@ -267,9 +263,9 @@ export class Editor {
     const outline = this.unsaved || this.working;
     if (!outline) return;
     const geometry = outline.geometry || closedGeometry(outline.type, outline.polygons);
-    // NOTE: a change queued behind a save in flight assumes that save succeeds and
-    // raises the version by one; if it fails, the server answers 409 and nothing is lost
-    // but this last change.
+    // NOTE: a change queued behind a save in flight assumes that the save succeeds and
+    // raises the version by one. If the save fails, the server returns 409 and only this
+    // last change is lost.
     const version = outline.baseVersion ?? (this.saving ? this.saving.version + 1 : null);
     if (version === null) return;
     this.actions.saveOutlineOnUnload(outline.id, geometry, version);

@@ -1,7 +1,7 @@
 // Instance polygons drawn on a canvas above the viewer, fetched by viewport.
 //
 // Coordinates: "level-0" is the slide's full-resolution pixel grid, in which every
-// geometry is stored; "screen" is CSS pixels inside the viewer element, origin top left.
+// geometry is stored. "screen" is CSS pixels inside the viewer element, origin top left.
 // Each polygon becomes a Path2D in level-0 pixels once, and every frame strokes the paths
 // under one affine transform from level-0 to screen pixels, which keeps panning smooth
 // with thousands of polygons. Polygons smaller than MIN_OUTLINE_PX on screen are drawn as
@@ -138,7 +138,7 @@ export class InstanceOverlay {
     return this.features.get(id) || null;
   }
 
-  // Store the server's copy of a feature; rejected ones are hidden, as the viewport API does.
+  // Store the server's copy of a feature. Rejected ones are hidden, as in the viewport API.
   apply(feature) {
     if (feature.properties.review_state === "rejected") {
       this.remove(feature.id);
@@ -310,7 +310,7 @@ export class InstanceOverlay {
   drawCurrent(context, scale) {
     if (!this.current) return;
     const colour = this.colourOf(this.current.properties.class_name);
-    context.fillStyle = withAlpha(colour, 0.18);
+    context.fillStyle = withAlpha(colour, 0.12);
     context.fill(this.current.path, "evenodd");
     context.strokeStyle = "#ffffff";
     context.lineWidth = 6 / scale;

@@ -2,7 +2,7 @@
 // table, and applying what the server returns.
 //
 // The server decides every transition. The browser sends the action with the version
-// the user saw and shows the feature that comes back; after a version conflict (409) it
+// the user saw and shows the feature that comes back. After a version conflict (409) it
 // shows the server's message and replaces its copy with the server's current one.
 // Changes run one after another, so a quick "a a a" accepts three objects in turn.
 import { api } from "./api.js";
@@ -13,8 +13,9 @@ import { ReviewPanel } from "./review_panel.js";
 import { ReviewQueue } from "./review_queue.js";
 import { SHORTCUTS, installShortcuts, primaryKeyLabel, renderShortcutHelp } from "./shortcuts.js";
 
-// A jump frames the object so that it spans about a third of the view.
-const JUMP_VIEW_FACTOR = 3;
+// A jump frames the object so that it spans about a quarter of the view's shorter side,
+// which leaves the tissue around it in sight.
+const JUMP_VIEW_FACTOR = 4;
 const MIN_JUMP_SIDE_PX = 64; // level-0 pixels
 const PROGRESS_RELOAD_DELAY_MS = 500;
 const DRAWING_MODES = ["draw", "sam-point", "sam-box"];
@@ -46,7 +47,7 @@ export class ReviewSession {
 
     overlay.setClassColours(classes);
     const colourOf = (className) => overlay.colourOf(className);
-    this.panel = new ReviewPanel(root.querySelector("#review-panel"), { colourOf });
+    this.panel = new ReviewPanel(root, { colourOf });
     this.palette = new ClassPalette(root.querySelector("#class-palette"), classes, (key) => this.commands.relabel(key));
     this.queue = new ReviewQueue(root.querySelector("#review-queue"), root.querySelector("#queue-summary"), slideId, {
       onPick: (feature) => this.select(feature),
@@ -214,7 +215,7 @@ export class ReviewSession {
     }
   }
 
-  // ---- applying what the server says ---------------------------------------------------
+  // ---- applying server responses and pushed changes ------------------------------------
 
   applyFeature(feature) {
     this.overlay.apply(feature);
@@ -258,7 +259,7 @@ export class ReviewSession {
       try {
         feature = await api.instance(change.id);
       } catch (error) {
-        return; // deleted again meanwhile; the next resync settles it
+        return; // deleted meanwhile, which the next resync also shows
       }
     }
     this.applyFeature(feature);
@@ -426,7 +427,7 @@ export class ReviewSession {
     this.panel.showMessage(text, { kind: "error", status });
   }
 
-  // Show the server's message as it is; after a version conflict, take the server's copy.
+  // Show the server's message as it is. After a version conflict, take the server's copy.
   showServerError(error) {
     if (error.status === 409 && error.body && error.body.current) this.applyFeature(error.body.current);
     this.showError(error.message, error.status ?? "");

@@ -15,13 +15,14 @@ function formatScore(value) {
 }
 
 export class ReviewPanel {
-  constructor(root, { colourOf }) {
-    this.root = root;
+  // pageRoot contains #review-panel and the progress panel beside it.
+  constructor(pageRoot, { colourOf }) {
+    this.root = pageRoot.querySelector("#review-panel");
     this.colourOf = colourOf;
-    this.current = root.querySelector("#current-object");
-    this.progress = root.querySelector("#review-progress");
-    this.message = root.querySelector("#review-message");
-    this.mode = root.querySelector("#review-mode");
+    this.current = pageRoot.querySelector("#current-object");
+    this.progress = pageRoot.querySelector("#review-progress");
+    this.message = pageRoot.querySelector("#review-message");
+    this.mode = pageRoot.querySelector("#review-mode");
   }
 
   showMode(mode, className) {
@@ -96,7 +97,7 @@ export class ReviewPanel {
     this.progress.replaceChildren(summary, bar, table);
   }
 
-  // kind is "info" or "error"; status is the HTTP status of a failed request, if any.
+  // kind is "info" or "error". status is the HTTP status of a failed request, if any.
   showMessage(text, { kind = "info", status = "" } = {}) {
     this.message.textContent = text;
     this.message.className = kind === "error" ? "error" : "note";

@@ -11,7 +11,7 @@ function formatScore(value) {
 }
 
 export class ReviewQueue {
-  // onPick(feature) runs when the user clicks an entry; colourOf(className) gives its colour.
+  // onPick(feature) runs when the user clicks an entry, and colourOf(className) gives its colour.
   constructor(listElement, summaryElement, slideId, { onPick, onReloaded, colourOf }) {
     this.listElement = listElement;
     this.summaryElement = summaryElement;

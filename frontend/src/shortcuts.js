@@ -3,7 +3,7 @@
 //
 // Key names are KeyboardEvent.key values, letters in lower case, with "Ctrl+" in front
 // when Ctrl or Cmd is held. OpenSeadragon's own keyboard navigation is switched off
-// (viewer.js), so these are the only keys the page answers.
+// (viewer.js), so these are the only keys the page handles.
 
 export const SHORTCUTS = [
   { command: "next", keys: ["j", "ArrowDown", "ArrowRight"], label: "Next", help: "Next object in the queue" },
@@ -95,7 +95,7 @@ export function renderShortcutHelp(dialog, allowed) {
       keys.append(kbd, " ");
     }
     const help = document.createElement("td");
-    help.textContent = shortcut.help + (shortcut.needs && !allowed[shortcut.needs] ? " (not allowed for your role)" : "");
+    help.textContent = shortcut.help + (shortcut.needs && !allowed[shortcut.needs] ? ". Not allowed for your role." : "");
     row.append(keys, help);
     table.append(row);
   }

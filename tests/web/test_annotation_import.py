@@ -10,7 +10,7 @@ from django.core.management.base import CommandError
 from shapely.geometry import shape
 
 from apps.annotations.models import Instance, InstanceEvent
-from apps.slides.models import Slide
+from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def big_slide():
     """A slide record large enough for the coordinates of the real annotation files."""
-    return Slide.objects.create(
-        name="big", file_path="/nonexistent/big.svs", original_filename="big.svs",
-        origin=Slide.Origin.IMPORT, width_px=200_000, height_px=200_000, mpp=0.25,
-        mpp_source="given", bounds_w_level0=200_000, bounds_h_level0=200_000,
-    )
+    return create_slide_record("big", 200_000, 200_000, mpp=0.25)
 
 
 @pytest.fixture
@@ -69,11 +65,7 @@ def test_unclassified_bare_multipolygon_becomes_pending(big_slide, annotations_d
 
 
 def test_objects_outside_slide_are_reported(annotations_dir, capsys):
-    small = Slide.objects.create(
-        name="small", file_path="/nonexistent/s.svs", original_filename="s.svs",
-        origin=Slide.Origin.IMPORT, width_px=100, height_px=100, mpp=0.25,
-        mpp_source="given", bounds_w_level0=100, bounds_h_level0=100,
-    )
+    small = create_slide_record("small", 100, 100, mpp=0.25)
     path = annotations_dir / "asap_xml" / "pathmltut_camelyon16_normal_004_tissue.xml"
     call_command("import_annotations", str(small.pk), str(path), "--map", "tissue=background",
                  "--map", "trash=")
@@ -101,11 +93,7 @@ def test_round_trip_keeps_objects_classes_holes(big_slide, annotations_dir, tmp_
     exported = tmp_path / "out.geojson"
     call_command("export_annotations", str(big_slide.pk), "-o", str(exported))
     json.loads(exported.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    again = Slide.objects.create(
-        name="again", file_path="/nonexistent/a.svs", original_filename="a.svs",
-        origin=Slide.Origin.IMPORT, width_px=200_000, height_px=200_000, mpp=0.25,
-        mpp_source="given", bounds_w_level0=200_000, bounds_h_level0=200_000,
-    )
+    again = create_slide_record("again", 200_000, 200_000, mpp=0.25)
     call_command("import_annotations", str(again.pk), str(exported))
     second = {(r.class_name, round(shape(r.geometry).area, 1), _holes(r.geometry))
               for r in Instance.objects.filter(slide=again)}

@@ -67,14 +67,10 @@ async def test_review_change_reaches_slide_group(redis_url, make_user):
 
     from apps.annotations.geometry import instance_row
     from apps.review import services
-    from apps.slides.models import Slide
+    from tests.conftest import create_slide_record
 
     def create():
-        slide = Slide.objects.create(
-            name="s", file_path="/nonexistent/s.tiff", original_filename="s.tiff",
-            origin=Slide.Origin.IMPORT, width_px=100, height_px=100, mpp=0.5,
-            mpp_source="given", bounds_w_level0=100, bounds_h_level0=100,
-        )
+        slide = create_slide_record("s", 100, 100)
         instance = instance_row(box(1, 1, 9, 9), slide=slide, mpp=0.5, source="sam")
         instance.save()
         return slide, instance, make_user("annotator", username="ann")

@@ -9,17 +9,13 @@ from shapely.geometry import box
 from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance
 from apps.review import services
-from apps.slides.models import Slide
+from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
 
 
 def _slide(name, patient, section):
-    return Slide.objects.create(
-        name=name, file_path=f"/nonexistent/{name}.tiff", original_filename="x.tiff",
-        origin=Slide.Origin.IMPORT, width_px=1000, height_px=1000, mpp=0.5, mpp_source="given",
-        bounds_w_level0=1000, bounds_h_level0=1000, patient_id=patient, section=section,
-    )
+    return create_slide_record(name, 1000, 1000, patient_id=patient, section=section)
 
 
 def _instances(slide, count, **fields):

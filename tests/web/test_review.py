@@ -9,18 +9,14 @@ from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, InstanceEvent
 from apps.review import services
 from apps.review.services import ReviewError, VersionConflict
-from apps.slides.models import Slide
+from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def slide():
-    return Slide.objects.create(
-        name="synthetic", file_path="/nonexistent/synthetic.tiff", original_filename="s.tiff",
-        origin=Slide.Origin.IMPORT, width_px=4000, height_px=3000, mpp=0.5,
-        mpp_source="given", bounds_w_level0=4000, bounds_h_level0=3000,
-    )
+    return create_slide_record()
 
 
 @pytest.fixture
