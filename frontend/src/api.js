@@ -83,6 +83,21 @@ export function uploadSlide(formData, onProgress) {
   });
 }
 
+// Upload an annotation file; `mapping` maps the file's class names to classes ("" leaves them out).
+export async function importAnnotations(slideId, file, mapping) {
+  const form = new FormData();
+  form.append("file", file);
+  form.append("mapping", JSON.stringify(mapping));
+  const response = await fetch(`/api/slides/${slideId}/annotation-imports/`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "X-CSRFToken": csrfToken() },
+    body: form,
+  });
+  if (!response.ok) throw await errorFrom(response);
+  return response.json();
+}
+
 export const api = {
   tileMetadata: (slideId) => getJSON(`/api/slides/${slideId}/tiles/`),
   tileUrl: (slideId, z, x, y) => `/api/slides/${slideId}/tiles/${z}/${x}/${y}.jpg`,

@@ -6,6 +6,7 @@ import { ReviewSession } from "./review.js";
 import { RunPanel } from "./runs.js";
 import { SlideEvents } from "./slide_events.js";
 import { initSlideList } from "./slide_list.js";
+import { ImportPanel } from "./import_panel.js";
 
 async function initSlidePage(root) {
   const slideId = Number(root.dataset.slideId);
@@ -27,6 +28,16 @@ async function initSlidePage(root) {
       review.reloadProgress();
     },
   });
+  const importRoot = root.querySelector("#import-panel");
+  if (importRoot) {
+    new ImportPanel(importRoot, slideId, classes, {
+      onImported: () => {
+        overlay.fetch();
+        review.queue.reload();
+        review.reloadProgress();
+      },
+    });
+  }
   await review.start();
 }
 

@@ -2,6 +2,7 @@
 driven through Debian's Chromium by Playwright."""
 
 import json
+import re
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,18 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+
+
+PASSWORD = "pw-for-tests-1"
+
+
+def sign_in(page, url, username, password=PASSWORD):
+    """Sign in through the login form and wait for the slide list."""
+    page.goto(f"{url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/$"))
 
 
 def in_thread(function, *args, **kwargs):

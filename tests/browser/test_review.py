@@ -3,7 +3,6 @@ database ends up holding exactly what they did.
 
 Screenshots of each step are written to the test's tmp_path."""
 
-import re
 from collections import Counter
 
 import pytest
@@ -14,11 +13,10 @@ from apps.annotations.geometry import instance_row
 from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent
 from apps.slides.models import Slide
 
-from .conftest import in_thread
+from .conftest import PASSWORD, in_thread, sign_in
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "pw-for-tests-1"
 SIDE_PX = 160  # level-0 side of each square proposal
 # name -> (x, y) of the top-left corner in level-0 pixels, SAM predicted IoU.
 PROPOSALS = {
@@ -55,13 +53,6 @@ def _slide_with_proposals(make_user, shared_data, usernames):
         ids[name] = row.pk
     return slide.pk, ids
 
-
-def _sign_in(page, url, username):
-    page.goto(f"{url}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r".*/$"))
 
 
 def _open_slide(page, url, slide_id):
@@ -128,7 +119,7 @@ def test_reviewer_round_by_keyboard_and_mouse(
 ):
     slide_id, ids = in_thread(_slide_with_proposals, make_user, shared_data, ["anna"])
     page = browser_page
-    _sign_in(page, live_product, "anna")
+    sign_in(page, live_product, "anna")
     _open_slide(page, live_product, slide_id)
 
     # The queue lists the pending proposals with the lowest predicted IoU first, and
@@ -257,7 +248,7 @@ def test_two_reviewers_live_change_and_conflict(
     page_b = context_b.new_page()
     try:
         for page, username in ((page_a, "anna"), (page_b, "ben")):
-            _sign_in(page, live_product, username)
+            sign_in(page, live_product, username)
             _open_slide(page, live_product, slide_id)
             _wait_for_current(page, ids["doubtful"], version=1)
 

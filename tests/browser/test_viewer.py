@@ -1,7 +1,6 @@
 """A reviewer opens a slide in Chromium, views tiles and polygons, runs SAM proposals and
 watches them arrive. The tiny SAM has random weights, so this checks plumbing only."""
 
-import re
 
 import pytest
 from django.core.management import call_command
@@ -11,19 +10,11 @@ from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, ProposalRun
 from apps.slides.models import Slide
 
-from .conftest import in_thread
+from .conftest import PASSWORD, in_thread, sign_in
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "pw-for-tests-1"
 
-
-def _sign_in(page, url, username):
-    page.goto(f"{url}/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r".*/$"))
 
 
 def _overlay_pixels(page) -> int:
@@ -56,7 +47,7 @@ def test_slide_page_shows_tiles_polygons_and_live_proposals(
     in_thread(_slide_with_accepted_square, make_user, shared_data)
 
     page = browser_page
-    _sign_in(page, live_product, "anna")
+    sign_in(page, live_product, "anna")
     assert "cmu-1-small-region" in page.content()
     page.click("text=cmu-1-small-region")
     page.wait_for_function("Number(document.querySelector('#viewer').dataset.tilesLoaded) > 0")
