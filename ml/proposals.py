@@ -121,6 +121,13 @@ class ProposalSettings:
         _check_number("min_area_um2", self.min_area_um2, 0.0, math.inf)
         _check_number("min_tile_tissue_fraction", self.min_tile_tissue_fraction, 0.0, 1.0)
         _check_number("min_mask_tissue_fraction", self.min_mask_tissue_fraction, 0.0, 1.0)
+        if self.overlap_px is None and self.resolved_overlap_px >= self.tile_px:
+            raise SettingsError(
+                f"max_area_fraction {self.max_area_fraction} needs a tile overlap of "
+                f"{self.resolved_overlap_px} px, which is not less than tile_px "
+                f"({self.tile_px}). Use a max_area_fraction below about 0.75, or set "
+                "overlap_px explicitly."
+            )
 
     @property
     def max_area_px(self) -> float:

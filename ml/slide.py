@@ -44,6 +44,10 @@ LEVEL_MPP_TOLERANCE = 1e-3
 # so a coarse read of a single-level slide is done in chunks.
 MAX_READ_SIDE_PX = 4096
 
+GIVE_MPP_HINT = "--mpp on the command line, or 'Microns per pixel' in the upload form"
+# Only these suffixes may fall back to Pillow when OpenSlide does not recognise the file:
+# a whole-slide format that OpenSlide rejects is damaged, not a plain image.
+PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 READABLE_FORMATS = (
     "Aperio SVS, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Ventana BIF, Philips TIFF, "
     "DICOM WSI, tiled pyramidal TIFF, and PNG/JPEG/TIFF images when mpp is given"
@@ -377,8 +381,10 @@ def _open_handle(path: Path) -> tuple[openslide.AbstractSlide, str, dict[str, st
         return handle, handle.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown"), dict(
             handle.properties
         )
-    except openslide.OpenSlideUnsupportedFormatError:
-        pass  # Not a whole-slide format, but a plain image may still open below.
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        if path.suffix.lower() not in PLAIN_IMAGE_SUFFIXES:
+            raise _unreadable(path, exc) from exc
+        # Not a whole-slide format, but a plain image may still open below.
     except openslide.OpenSlideError as exc:
         raise _unreadable(path, exc) from exc
 
@@ -464,14 +470,15 @@ def _resolve_mpp(
             raise SlideError(
                 f"{path}: the {source} give different pixel sizes in x ({mpp_x:.6g} µm/px) "
                 f"and y ({mpp_y:.6g} µm/px), and non-square pixels are not supported. Resample "
-                "the slide to square pixels, or pass the true mpp with --mpp if the tags "
-                "are wrong."
+                f"the slide to square pixels, or give the true mpp ({GIVE_MPP_HINT}) if the "
+                "tags are wrong."
             )
         return (mpp_x + mpp_y) / 2.0, source
 
     raise SlideError(
         f"{path} has no pixel size (mpp) in its properties or TIFF resolution tags. "
-        "Pass it with --mpp (µm per level-0 pixel, e.g. 0.25 for 40x or 0.5 for 20x)."
+        "Give it in µm per level-0 pixel (e.g. 0.25 for 40x or 0.5 for 20x) with "
+        f"{GIVE_MPP_HINT}."
     )
 
 
@@ -504,8 +511,8 @@ def _validate_mpp_range(path: Path, mpp: float, source: str) -> None:
         return
     raise SlideError(
         f"{path}: the pixel size {mpp:.6g} µm/px from {source} is outside the plausible "
-        f"range {MPP_MIN}..{MPP_MAX} µm/px (a default 72 dpi tag gives 352.8). Pass the "
-        "true pixel size with --mpp."
+        f"range {MPP_MIN}..{MPP_MAX} µm/px (a default 72 dpi tag gives 352.8). Give the "
+        f"true pixel size with {GIVE_MPP_HINT}."
     )
 
 

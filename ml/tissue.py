@@ -50,11 +50,14 @@ class TissueMask:
         frame: The working frame of the mask (its mpp, origin and level-0 scale).
         polygons_level0: The tissue outline in level-0 pixels with its holes, as a valid
             MultiPolygon (empty when there is no tissue), prepared for fast predicates.
+        warnings: Sentences for the user about a mask that may be wrong (a dark,
+            possibly fluorescence slide; no tissue found).
     """
 
     mask: np.ndarray
     frame: WorkingFrame
     polygons_level0: MultiPolygon
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         expected_shape = (self.frame.height_px, self.frame.width_px)
@@ -157,11 +160,12 @@ def detect_tissue(slide: Slide, mpp: float | None = None) -> TissueMask:
     rgb = frame.read(slide, 0, 0, frame.width_px, frame.height_px)
     # Limitation: brightfield only. On fluorescence, bright nuclei count as tissue.
     dark_fraction = float(np.mean(rgb.max(axis=2) < DARK_MAX_CHANNEL))
+    warnings = []
     if dark_fraction > DARK_SLIDE_FRACTION:
-        logger.warning(
-            "%s is %.0f%% dark at %.3g µm/px and may be a fluorescence or dark-field slide. "
-            "Tissue detection assumes brightfield (PAS, H&E), so check its tissue mask.",
-            slide.info.path, 100 * dark_fraction, mpp,
+        warnings.append(
+            f"The slide is {100 * dark_fraction:.0f}% dark and may be a fluorescence or "
+            "dark-field scan. Tissue detection and SAM proposals assume brightfield (PAS, "
+            "H&E), so check the tissue mask before trusting any result."
         )
     mask = _clean_mask(_threshold_tissue(rgb, slide), mpp)
     traced = TissueMask.from_mask(mask, frame)
@@ -173,7 +177,16 @@ def detect_tissue(slide: Slide, mpp: float | None = None) -> TissueMask:
         part for part in getattr(clipped, "geoms", [clipped])
         if isinstance(part, Polygon) and not part.is_empty
     ]
-    tissue = TissueMask(mask=mask, frame=frame, polygons_level0=MultiPolygon(polygons))
+    if not polygons:
+        warnings.append(
+            "No tissue was found on this slide, so SAM proposals will skip every tile. "
+            "Check that the file shows a stained section."
+        )
+    for warning in warnings:
+        logger.warning("%s: %s", slide.info.path, warning)
+    tissue = TissueMask(
+        mask=mask, frame=frame, polygons_level0=MultiPolygon(polygons), warnings=tuple(warnings)
+    )
     logger.info(
         "Tissue of %s at %.3g µm/px: %d of %d px, %.4g mm2, %d polygons",
         slide.info.path.name, mpp, np.count_nonzero(mask), mask.size,

@@ -39,6 +39,9 @@ class Slide(models.Model):
         default=dict, help_text="Tissue mask as a GeoJSON MultiPolygon in level-0 pixels."
     )
     tissue_area_um2 = models.FloatField(default=0.0)
+    warnings = models.JSONField(
+        default=list, blank=True, help_text="Sentences for users about doubts found on import."
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -10,7 +10,7 @@ class SlideSerializer(serializers.ModelSerializer):
             "id", "name", "original_filename", "origin", "vendor", "width_px", "height_px",
             "mpp", "mpp_source", "bounds_x_level0", "bounds_y_level0", "bounds_w_level0",
             "bounds_h_level0", "patient_id", "section", "report_ifta_pct", "tissue_area_um2",
-            "created_at",
+            "warnings", "created_at",
         ]
         read_only_fields = fields
 

@@ -76,6 +76,7 @@ def import_slide(
             report_ifta_pct=report_ifta_pct,
             tissue_geojson=mapping(tissue.polygons_level0),
             tissue_area_um2=tissue.area_um2,
+            warnings=list(tissue.warnings),
             created_by=user,
         )
     logger.info(
@@ -122,6 +123,10 @@ def store_upload(uploaded_file, *, user=None, **metadata) -> Slide:
             user=user,
             **metadata,
         )
+    except SlideError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        # Name the user's file, not the generated storage path.
+        raise SlideError(str(exc).replace(str(target.resolve()), original_name)) from None
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

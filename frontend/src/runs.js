@@ -21,6 +21,7 @@ const COUNT_LABELS = {
   dropped_merge_conflict: "merged: overlap lost to a better mask",
   dropped_overlaps_reviewed: "dropped: overlaps a reviewed object",
   kept: "kept after merging",
+  components_discarded: "extra parts of split masks (not counted as masks)",
   stored: "stored as proposals",
 };
 
@@ -81,6 +82,13 @@ export class RunPanel {
     const tiles = run.tiles_total ? ` (${run.tiles_done} / ${run.tiles_total} tiles)` : "";
     this.status.textContent = `Proposal run ${run.id}: ${run.status}${tiles}`;
     this.message.textContent = run.status === "failed" ? run.message : "";
+    if (run.status === "succeeded" && run.counts && run.counts.masks_generated === 0) {
+      const settings = run.settings || {};
+      this.message.textContent =
+        `SAM produced no mask above its quality thresholds (predicted IoU ${settings.pred_iou_thresh}, ` +
+        `stability ${settings.stability_score_thresh}). Lower NEPHROWEB_PRED_IOU_THRESH and ` +
+        "NEPHROWEB_STABILITY_SCORE_THRESH, or check the checkpoint.";
+    }
     this.renderCounts(run.counts || {});
     if (active) this.scheduleResync();
     if (this.lastStatus && ACTIVE.has(this.lastStatus) && run.status === "succeeded") {

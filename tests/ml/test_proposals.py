@@ -205,3 +205,9 @@ def test_settings_unknown_key_rejected() -> None:
 def test_settings_range_errors(field: str, value: object, allowed: str) -> None:
     with pytest.raises(SettingsError, match=f"{field} must be .* in {allowed}"):
         ProposalSettings(**{field: value})
+
+
+def test_area_limit_needing_overlap_beyond_tile_rejected():
+    with pytest.raises(SettingsError, match="max_area_fraction 0.8 needs a tile overlap of 1040"):
+        ProposalSettings(max_area_fraction=0.8)
+    assert ProposalSettings(max_area_fraction=0.8, overlap_px=240).resolved_overlap_px == 240

@@ -37,8 +37,10 @@ def test_import_command_reports_each_rejection(shared_data, capsys):
     assert raised.value.returncode == 1
     assert "2 of 3 slides were rejected" in str(raised.value)
     err = capsys.readouterr().err
-    assert f"rejected {dicom}" in err
-    assert f"rejected {bogus_mpp}" in err
+    rejected_lines = [line for line in err.splitlines() if line.startswith("rejected")]
+    assert len(rejected_lines) == 2
+    assert str(dicom) in rejected_lines[0]
+    assert str(bogus_mpp) in rejected_lines[1]
     assert "--mpp" in err
     assert Slide.objects.count() == 1
 
@@ -220,3 +222,37 @@ def test_pathologist_assigns_slide_from_list(client_for, make_user, shared_data)
     assert (assignment.slide, assignment.reviewer) == (slide, reviewer)
     client.post("/review/assign/", {"slide": slide.pk, "reviewer": "ann"})
     assert SlideAssignment.objects.count() == 1
+
+
+def test_reimport_same_path_is_not_duplicated(shared_data, capsys):
+    path = shared_data / "wsi" / "cmu-1-small-region.svs"
+    call_command("import_slides", str(path))
+    call_command("import_slides", str(path))
+    slide = Slide.objects.get()
+    assert f"already imported {path}: slide {slide.pk}" in capsys.readouterr().out
+
+
+def test_fluorescence_slide_imported_with_warning(shared_data, capsys, client_for):
+    path = shared_data / "wsi" / "stritt_test3-DAPI-2-387.ndpi"
+    call_command("import_slides", str(path))
+    slide = Slide.objects.get()
+    assert len(slide.warnings) == 1
+    assert "fluorescence" in slide.warnings[0]
+    assert f"warning {path}: The slide is" in capsys.readouterr().err
+    page = client_for("annotator").get(f"/slides/{slide.pk}/")
+    assert b"may be a fluorescence or dark-field scan" in page.content
+
+
+def test_blank_slide_warns_no_tissue(shared_data):
+    call_command("import_slides", str(shared_data / "wsi" / "highdicom_sm_image.dcm"))
+    slide = Slide.objects.get()
+    assert slide.tissue_area_um2 == 0
+    assert any("No tissue was found" in w for w in slide.warnings)
+
+
+def test_upload_error_names_users_file(client_for, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    response = _upload(client_for("admin"), "my scan.png", _png_bytes())
+    detail = response.json()["detail"]
+    assert detail.startswith("my scan.png")
+    assert str(tmp_path) not in detail
