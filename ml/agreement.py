@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # Two-sided 95 % quantile of the standard normal distribution, for the Fisher z interval.
 Z_975 = float(stats.norm.ppf(0.975))
-# Bland-Altman limits of agreement use the rounded 1.96 by convention (Bland & Altman, 1986).
+# Bland-Altman limits of agreement conventionally use the rounded 1.96.
 BLAND_ALTMAN_Z = 1.96
 # Fisher z needs n > 3 for its standard error 1 / sqrt(n - 3).
 MIN_PATIENTS_FOR_CI = 4
@@ -367,7 +367,7 @@ def _read_rows(path: Path, reader: csv.DictReader) -> CsvTable:
         if len(header) == 1 and ";" in header[0]:
             hint = " The header contains ';', so save the file with commas as separators."
         raise AgreementError(
-            f"{path} lacks the columns {', '.join(missing)}; found {header or 'no header'}. "
+            f"{path} is missing the columns {', '.join(missing)}. Found: {header or 'no header'}. "
             f"The first line must name the columns {', '.join(CSV_COLUMNS)}.{hint}"
         )
 

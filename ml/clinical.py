@@ -4,8 +4,8 @@ All geometry is in level-0 pixels, and ``mpp`` (µm per level-0 pixel) converts 
 Areas are returned in µm², percentages on a 0-100 scale.
 
 IFTA (interstitial fibrosis and tubular atrophy) is measured as in Weijer et al.,
-"Segment Anything Model for Instance Segmentation in Kidney Histopathology Images": atrophic
-tubules that lie close together form clusters, each cluster gets a hull, and the union of
+"Segment Anything Model for Instance Segmentation in Kidney Histopathology Images". Atrophic
+tubules that lie close together form clusters, and each cluster gets a hull. The union of
 the hulls inside the cortex, divided by the cortex area, is the IFTA %. The hull therefore
 counts the interstitium between adjacent atrophic tubules as fibrosis.
 """
@@ -201,8 +201,9 @@ def ifta(
         ``MIN_OUTLINE_POINTS`` per tubule). The hull follows a curved or L-shaped cluster
         instead of covering the tissue inside its bend, as a convex hull would. The points
         are resampled because ``shapely.concave_hull`` uses only vertices, and on densely
-        traced outlines it cuts into the interstitium between tubules. On a 2 x 3 grid of
-        squares with raw vertices it covered a third less than the gaps between them.
+        traced outlines it cuts into the interstitium between tubules. For a 2 x 3 grid of
+        20 px squares 10 px apart, with a vertex every 2 px, it covered 100 of the
+        1600 px² between them (shapely 2.1.2, GEOS 3.13.1, ratios 0.05 to 0.3).
         "convex": ``convex_hull`` of the cluster. It is simpler and independent of
         vertex density, but overestimates IFTA for bent clusters.
 
@@ -286,7 +287,7 @@ def glomerulosclerosis(glomeruli_count: int, sclerotic_count: int) -> Glomerulos
 
     Returns:
         The percentage and counts. With no glomeruli at all, ``pct`` is None and
-        ``reason`` says why.
+        ``reason`` gives the cause.
 
     Raises:
         ClinicalInputError: A count is not a non-negative integer.
@@ -340,7 +341,7 @@ def banff_grade(pct: float) -> int:
     Grade 0 is pct <= 5, grade 1 is 5 < pct <= 25, grade 2 is 25 < pct <= 50 and grade 3
     is pct > 50. Banff writes the ci bounds as 0-5 %, 6-25 %, 26-50 % and > 50 % of
     cortical area, for a pathologist's whole-number estimate. The measured value is not
-    rounded first, so every value above 5, such as 5.5, is grade 1. The same holds at 25
+    rounded first, so every value above 5, such as 5.5, is grade 1. The same applies at 25
     and 50.
 
     Raises:
@@ -360,7 +361,7 @@ def banff_grade(pct: float) -> int:
 def banff_ci_ct(ifta_pct: float) -> BanffCiCt:
     """Grade Banff ci and ct from one IFTA %, both on the ci bounds of :func:`banff_grade`.
 
-    NOTE: this is a proxy, and ``BanffCiCt.limitation`` says so for the user. Banff scores
+    NOTE: this is a proxy, and ``BanffCiCt.limitation`` states it for the user. Banff scores
     both ci and ct on the percentage of cortex involved, but from different lesions
     (banfffoundation.org, Banff 2019 figure 9), while one IFTA % stands for both here, so
     the two grades are always equal.

@@ -176,7 +176,7 @@ class DatasetSummary:
         instances_per_tile: Per class, the kept instance count of each tile, ascending.
         components_per_class: Mask components per class before splitting.
         dropped_per_class: Instances per class dropped as smaller than the minimum area.
-        unpaired_files: Images without a mask and masks without an image, by path.
+        unpaired_files: Images without a mask, masks without an image and non-PNG files.
         skipped_folders: Folders not read, with the reason.
         mpp_estimate_by_scale_index: Estimated um/px for each scale index present.
         mpp_note: How the mpp values were obtained.
@@ -226,7 +226,7 @@ class TileDataset:
     Attributes:
         root: The dataset folder.
         samples: Paired tiles, sorted by class folder, stain and file name.
-        unpaired_files: Images without a mask and masks without an image.
+        unpaired_files: Images without a mask, masks without an image and non-PNG files.
         skipped_folders: Folders not read, with the reason.
         min_instance_area_px: Minimum instance area used when splitting.
         min_peak_height_px: Watershed marker parameter used when splitting.
@@ -293,7 +293,8 @@ def read_tile_dataset(
     product's glomerulus) and ``5_3_ptc`` (peritubular capillary lumen, not a product
     class) are skipped. ``capsule`` becomes "glomerulus" because its masks cover the whole
     glomerular unit including Bowman's capsule. Skipped folders and unpaired files are
-    listed in the dataset and its summary and logged as warnings, never dropped silently.
+    listed in the dataset and its summary. Unpaired files are also logged as warnings and
+    skipped folders at info level.
 
     Args:
         root: Folder that contains the ``<k>_<s>_<name>`` class folders.
@@ -306,9 +307,9 @@ def read_tile_dataset(
 
     Raises:
         SettingsError: ``min_instance_area_px`` or ``min_peak_height_px`` is out of range.
-        TileDatasetError: The root is missing or holds no class folder, a requested stain
-            exists in no class folder, an image has two masks, a mask does not match its
-            image size, or a mask holds a value other than 0 and 255.
+        TileDatasetError: The root is missing or has no class folder, or a requested stain
+            exists in no class folder. Also raised when an image has two masks, a mask
+            does not match its image size, or a mask contains a value other than 0 and 255.
     """
     _check_split_settings(min_instance_area_px, min_peak_height_px)
     root = Path(root)
@@ -320,45 +321,47 @@ def read_tile_dataset(
     requested_stains = None if stains is None else set(stains)
 
     class_folders, skipped = _select_class_folders(root, class_map)
-    if not class_folders and not skipped:
+    if not any(_CLASS_FOLDER_PATTERN.match(path.name) for path in root.iterdir() if path.is_dir()):
         raise TileDatasetError(
             f"Tile dataset folder {root} contains no class folder named like '0_1_dt' "
             "(<class index>_<scale index>_<name>). Pass the KI root folder."
         )
 
-    samples: list[TileSample] = []
-    unpaired: list[Path] = []
-    stains_seen: set[str] = set()
-    for class_folder, class_name, scale_index in class_folders:
-        for stain_folder in sorted(path for path in class_folder.iterdir() if path.is_dir()):
-            stains_seen.add(stain_folder.name)
-            if requested_stains is not None and stain_folder.name not in requested_stains:
-                continue
-            pairs, folder_unpaired = _pair_files(stain_folder)
-            unpaired.extend(folder_unpaired)
-            for image_path, mask_path in pairs:
-                samples.append(
-                    _read_sample(
-                        image_path,
-                        mask_path,
-                        stain=stain_folder.name,
-                        class_name=class_name,
-                        scale_index=scale_index,
-                        min_instance_area_px=min_instance_area_px,
-                        min_peak_height_px=min_peak_height_px,
-                    )
-                )
-
+    stain_folders = [
+        (stain_folder, class_name, scale_index)
+        for class_folder, class_name, scale_index in class_folders
+        for stain_folder in sorted(path for path in class_folder.iterdir() if path.is_dir())
+    ]
     if requested_stains is not None:
-        missing_stains = requested_stains - stains_seen
+        stains_found = {stain_folder.name for stain_folder, _, _ in stain_folders}
+        missing_stains = requested_stains - stains_found
         if missing_stains:
             raise TileDatasetError(
                 f"Stain folders {sorted(missing_stains)} were not found in any class folder of "
-                f"{root}. Available stains: {sorted(stains_seen)}."
+                f"{root}. Available stains: {sorted(stains_found)}."
+            )
+        stain_folders = [entry for entry in stain_folders if entry[0].name in requested_stains]
+
+    samples: list[TileSample] = []
+    unpaired: list[Path] = []
+    for stain_folder, class_name, scale_index in stain_folders:
+        pairs, folder_unpaired = _pair_files(stain_folder)
+        unpaired.extend(folder_unpaired)
+        for image_path, mask_path in pairs:
+            samples.append(
+                _read_sample(
+                    image_path,
+                    mask_path,
+                    stain=stain_folder.name,
+                    class_name=class_name,
+                    scale_index=scale_index,
+                    min_instance_area_px=min_instance_area_px,
+                    min_peak_height_px=min_peak_height_px,
+                )
             )
 
     for path in unpaired:
-        logger.warning("Tile file %s has no partner image or mask; it was not read.", path)
+        logger.warning("Tile file %s was not read: not a PNG, or no partner image or mask.", path)
     for folder in skipped:
         logger.info("Skipped tile folder %s: %s", folder.path, folder.reason)
     logger.info(
@@ -405,17 +408,22 @@ def _select_class_folders(
 
 
 def _pair_files(stain_folder: Path) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """Pair ``<stem>.png`` with ``<stem>_mask_<label>.png``; return the pairs and the unpaired."""
+    """Pair ``<stem>.png`` with ``<stem>_mask_<label>.png``; return the pairs and the unpaired.
+
+    Files that are not PNG count as unpaired, so they are reported instead of ignored.
+    """
     images: dict[str, Path] = {}
     masks: defaultdict[str, list[Path]] = defaultdict(list)
-    for path in sorted(stain_folder.glob("*.png")):
-        if _MASK_INFIX in path.stem:
+    unpaired = []
+    for path in sorted(path for path in stain_folder.iterdir() if path.is_file()):
+        if path.suffix.lower() != ".png":
+            unpaired.append(path)
+        elif _MASK_INFIX in path.stem:
             masks[path.stem.split(_MASK_INFIX, 1)[0]].append(path)
         else:
             images[path.stem] = path
 
     pairs = []
-    unpaired = []
     for stem, image_path in sorted(images.items()):
         image_masks = masks.pop(stem, [])
         if not image_masks:
@@ -710,10 +718,11 @@ def split_by_source(
     """Split tiles into train and held-out sets so that no source lands on both sides.
 
     A source is ``im_<A>`` from the file name ``im_<A>_<B>.png``. Tiles that share A
-    within one stain can show the same tissue region pixel for pixel (found by template
-    matching for distal and proximal tubule tiles, and for capsule and tuft tiles), so A
-    names the source image that the tiles were cut from. The same A in two stains is
-    grouped too, because the names do not say whether it is the same case.
+    within one stain can show the same tissue region pixel for pixel, so A names the
+    source image that the tiles were cut from. Template matching found such shared regions
+    between distal and proximal tubule tiles, and between capsule and tuft tiles. The same
+    A in two stains is grouped too, because the names do not say whether it is the same
+    case.
 
     Sources are shuffled with ``random.Random(seed)``. Each source in turn moves to the
     held-out side if that brings its tile count closer to ``held_out_fraction`` of all

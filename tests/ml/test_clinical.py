@@ -6,6 +6,7 @@ import math
 
 import pytest
 import shapely
+import shapely.affinity
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from ml.clinical import (

@@ -267,6 +267,7 @@ def test_unpaired_files_reported(tmp_path: Path) -> None:
     write_tile(folder, "im_7_1", two_disc_values())
     write_rgba(folder / "im_7_2.png", np.full((64, 64, 4), 255, dtype=np.uint8))
     write_mask(folder / "im_8_0_mask_proximal.png", two_disc_values())
+    (folder / "notes.txt").write_text("scanned 2021")
 
     dataset = read_tile_dataset(tmp_path)
 
@@ -274,6 +275,7 @@ def test_unpaired_files_reported(tmp_path: Path) -> None:
     assert [path.name for path in dataset.unpaired_files] == [
         "im_7_2.png",
         "im_8_0_mask_proximal.png",
+        "notes.txt",
     ]
     summary = dataset.summary()
     assert summary.unpaired_files == dataset.unpaired_files
@@ -343,6 +345,8 @@ def test_missing_root(tmp_path: Path) -> None:
 
 
 def test_root_without_class_folders(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+
     with pytest.raises(TileDatasetError, match="contains no class folder"):
         read_tile_dataset(tmp_path)
 
