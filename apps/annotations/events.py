@@ -35,7 +35,7 @@ def publish_run(run) -> None:
 
 
 def instance_payload(instance, action: str, user, deleted: bool = False) -> dict:
-    """The websocket message for a changed instance (the new state, or its deletion).
+    """Build the websocket message for a changed instance (its new state, or its deletion).
 
     ``feature`` is the instance as the API returns it, so a browser that had not loaded
     the object can show it without another request.

@@ -1,6 +1,6 @@
-// Annotation import on the slide page: upload a file; when the server reports class
-// names it does not know, show one choice per name and send the file again with the
-// mapping. The server decides what is known; this panel only collects the answer.
+// Annotation import on the slide page. The panel uploads a file. When the server reports
+// class names it does not know, the panel shows one choice per name and sends the file
+// again with the mapping. The server decides which names are known.
 import { importAnnotations } from "./api.js";
 
 export class ImportPanel {
