@@ -626,7 +626,12 @@ def _rle_counts(
     positions, repeats = np.unique(positions, return_counts=True)
     positions = positions[repeats % 2 == 1]
     boundaries = np.concatenate([[0], positions, [height * width]])
-    return np.diff(boundaries).astype(np.int64).tolist()
+    counts = np.diff(boundaries).astype(np.int64).tolist()
+    # Only the first run (zeros) may be empty. A mask that reaches the canvas's last
+    # pixel would otherwise end with an empty run of zeros.
+    if len(counts) > 1 and counts[-1] == 0:
+        counts.pop()
+    return counts
 
 
 # --- Input checks and evaluation regions ---------------------------------------------

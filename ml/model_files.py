@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 from ml.checkpoints import file_sha256
 from ml.class_aware import CLASS_HEAD_DEPTH, ClassAwareSam, build_class_aware_sam
 from ml.errors import CheckpointError, SettingsError
-from ml.sam import SamArchitecture, infer_architecture, sam_type_for
+from ml.sam import SamArchitecture, infer_architecture, sam_type_for, state_dict_problems
 
 logger = logging.getLogger(__name__)
 
@@ -353,21 +353,7 @@ def _check_against_metadata(
 
 def _load_strict(model: ClassAwareSam, tensors: dict[str, torch.Tensor], weights: Path) -> None:
     """Load every tensor, reporting missing, unexpected and mis-shaped keys by name."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(tensors[key].shape)} != {tuple(expected[key].shape)}"
-        for key in set(expected) & set(tensors)
-        if tensors[key].shape != expected[key].shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"Missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"Unexpected keys: {', '.join(unexpected)}")
-    if mismatched:
-        problems.append(f"Shape mismatches (file != model): {', '.join(mismatched)}")
+    problems = state_dict_problems(model, tensors)
     if problems:
         raise CheckpointError(
             f"Class-aware model weights {weights} do not match the layout in their metadata. "

@@ -345,8 +345,8 @@ def _read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     return payload
 
 
-def _load_strict(model: Sam, state_dict: dict[str, torch.Tensor], checkpoint: Path) -> None:
-    """Load every tensor, reporting missing, unexpected and mis-shaped keys by name."""
+def state_dict_problems(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """List missing, unexpected and mis-shaped keys of ``state_dict`` for ``model``, by name."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -362,6 +362,12 @@ def _load_strict(model: Sam, state_dict: dict[str, torch.Tensor], checkpoint: Pa
         problems.append(f"Unexpected keys: {', '.join(unexpected)}")
     if mismatched:
         problems.append(f"Shape mismatches (file != model): {', '.join(mismatched)}")
+    return problems
+
+
+def _load_strict(model: Sam, state_dict: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    """Load every tensor, reporting missing, unexpected and mis-shaped keys by name."""
+    problems = state_dict_problems(model, state_dict)
     if problems:
         raise CheckpointError(
             f"SAM checkpoint {checkpoint} does not match the SAM layout inferred from it. "

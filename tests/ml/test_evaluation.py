@@ -133,30 +133,32 @@ def test_hubmap_ids_and_category_zero_normalised(hubmap: Path, tmp_path: Path) -
 
 
 def test_polygon_and_uncompressed_results(tmp_path: Path) -> None:
+    square = [10, 10, 30, 10, 30, 30, 10, 30]
     gt = {
         "images": [{"id": 0, "height": 50, "width": 60}],
         "categories": [{"id": 0, "name": "glomerulus"}],
         "annotations": [
-            {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}
+            {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [square]},
+            {"id": 1, "image_id": 0, "category_id": 0, "segmentation": [[40, 10, 55, 10, 55, 40, 40, 40]]},
         ],
     }
-    canvas = np.zeros((50, 60), dtype=np.uint8, order="F")
-    canvas[10:30, 10:30] = 1
-    counts = mask_utils.encode(canvas)
-    uncompressed = mask_utils.decode(counts)
-    assert uncompressed.sum() == 400
+    # The second object as uncompressed RLE: 15 columns of 30 pixels from row 10.
+    mask = np.ones((30, 15), dtype=bool)
+    counts = _rle_counts(mask, column_offset=40, row_offset=10, height=50, width=60)
     results = [
-        {"image_id": 0, "category_id": 0, "score": 0.9, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
+        {"image_id": 0, "category_id": 0, "score": 0.9, "segmentation": [square]},
+        {"image_id": 0, "category_id": 0, "score": 0.8, "segmentation": {"size": [50, 60], "counts": counts}},
     ]
     gt_path = tmp_path / "gt.json"
     dt_path = tmp_path / "dt.json"
     gt_path.write_text(json.dumps(gt))
     dt_path.write_text(json.dumps(results))
 
-    result = evaluate_coco_files(gt_path, dt_path)
+    metrics = evaluate_coco_files(gt_path, dt_path).per_class[0]
 
-    assert result.per_class[0].ap == pytest.approx(1.0)
-    assert result.per_class[0].n_truth == 1
+    assert metrics.n_truth == 2
+    assert metrics.ap50 == pytest.approx(1.0)
+    assert metrics.recall == 1.0
 
 
 def test_coco_results_unknown_image(hubmap: Path, tmp_path: Path) -> None:
@@ -421,16 +423,18 @@ def test_no_predictions_gives_zero() -> None:
 
 
 def test_bbox_iou_type() -> None:
-    # The triangle's box equals the square, so boxes match exactly while masks do not.
-    triangle = Polygon([(0, 0), (40, 0), (0, 40)])
+    # The L shape's box is the square, so the boxes match exactly. Its area is
+    # 1600 - 20 * 28 = 1040, so the masks have IoU 1040 / 1600 = 0.65.
+    l_shape = box(0, 0, 40, 40).difference(box(20, 0, 40, 28))
     square = box(0, 0, 40, 40)
 
-    boxes = evaluate_instances([truth("vessel", square)], [pred("vessel", triangle, 0.9)], ["vessel"], iou_type="bbox")
-    masks = evaluate_instances([truth("vessel", square)], [pred("vessel", triangle, 0.9)], ["vessel"])
+    boxes = evaluate_instances([truth("vessel", square)], [pred("vessel", l_shape, 0.9)], ["vessel"], iou_type="bbox")
+    masks = evaluate_instances([truth("vessel", square)], [pred("vessel", l_shape, 0.9)], ["vessel"])
 
     assert boxes.per_class[0].ap == pytest.approx(1.0)
     assert masks.per_class[0].ap50 == pytest.approx(1.0)
     assert masks.per_class[0].ap75 == 0.0
+    assert masks.per_class[0].ap == pytest.approx(4 / 10, abs=1e-12)
 
 
 @pytest.mark.parametrize(
