@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-key",
         default="score",
-        help="annotation files only: property or measurement that holds a prediction's "
+        help="annotation files only: property or measurement that contains a prediction's "
         "score (default 'score')",
     )
     parser.add_argument(

@@ -17,6 +17,7 @@ from pycocotools import mask as mask_utils
 from shapely.geometry import Point, Polygon, box
 
 from ml.evaluation import (
+    ClassMetrics,
     EvaluationError,
     EvaluationInstance,
     _rle_counts,
@@ -63,6 +64,11 @@ def truth(class_name: str, geometry, image_id: str = "slide") -> EvaluationInsta
 
 def pred(class_name: str, geometry, score: float, image_id: str = "slide") -> EvaluationInstance:
     return EvaluationInstance(image_id, class_name, geometry, score=score)
+
+
+def single_class(truth_list, predictions, class_name: str, **options) -> ClassMetrics:
+    """Evaluate instances of one class and return that class's metrics."""
+    return evaluate_instances(truth_list, predictions, [class_name], **options).per_class[0]
 
 
 # --- Reference numbers ---------------------------------------------------------------
@@ -113,7 +119,9 @@ def test_fake100_mean_ap_equals_coco_ap(fake100: Path) -> None:
 def test_hubmap_ids_and_category_zero_normalised(hubmap: Path, tmp_path: Path) -> None:
     gt = json.loads((hubmap / "gt_coco.json").read_text())
     results = json.loads((hubmap / "dt_coco_instances_results.json").read_text())
-    expected = coco_stats_from_files(hubmap / "gt_coco.json", hubmap / "dt_coco_instances_results.json")
+    expected = coco_stats_from_files(
+        hubmap / "gt_coco.json", hubmap / "dt_coco_instances_results.json"
+    )
 
     # Annotation ids counted from 0 in reverse order, no iscrowd keys, category id 7.
     for number, ann in enumerate(reversed(gt["annotations"])):
@@ -134,20 +142,22 @@ def test_hubmap_ids_and_category_zero_normalised(hubmap: Path, tmp_path: Path) -
 
 def test_polygon_and_uncompressed_results(tmp_path: Path) -> None:
     square = [10, 10, 30, 10, 30, 30, 10, 30]
+    tall_rectangle = [40, 10, 55, 10, 55, 40, 40, 40]
     gt = {
         "images": [{"id": 0, "height": 50, "width": 60}],
         "categories": [{"id": 0, "name": "glomerulus"}],
         "annotations": [
             {"id": 0, "image_id": 0, "category_id": 0, "segmentation": [square]},
-            {"id": 1, "image_id": 0, "category_id": 0, "segmentation": [[40, 10, 55, 10, 55, 40, 40, 40]]},
+            {"id": 1, "image_id": 0, "category_id": 0, "segmentation": [tall_rectangle]},
         ],
     }
     # The second object as uncompressed RLE: 15 columns of 30 pixels from row 10.
     mask = np.ones((30, 15), dtype=bool)
     counts = _rle_counts(mask, column_offset=40, row_offset=10, height=50, width=60)
+    uncompressed_rle = {"size": [50, 60], "counts": counts}
     results = [
         {"image_id": 0, "category_id": 0, "score": 0.9, "segmentation": [square]},
-        {"image_id": 0, "category_id": 0, "score": 0.8, "segmentation": {"size": [50, 60], "counts": counts}},
+        {"image_id": 0, "category_id": 0, "score": 0.8, "segmentation": uncompressed_rle},
     ]
     gt_path = tmp_path / "gt.json"
     dt_path = tmp_path / "dt.json"
@@ -178,7 +188,10 @@ def test_perfect_predictions_ap_one() -> None:
     glomeruli = [box(100, 100, 180, 170), Point(400, 300).buffer(50)]
     tubules = [box(1000, 1000, 1030, 1060), box(1100, 1000, 1120, 1050), box(900, 900, 950, 940)]
     truth_list = [truth("glomerulus", g) for g in glomeruli] + [truth("tubule", g) for g in tubules]
-    predictions = [pred(t.class_name, t.geometry_level0, 0.5 + 0.1 * i) for i, t in enumerate(truth_list)]
+    predictions = [
+        pred(instance.class_name, instance.geometry_level0, 0.5 + 0.1 * i)
+        for i, instance in enumerate(truth_list)
+    ]
 
     result = evaluate_instances(truth_list, predictions, ["glomerulus", "tubule"])
 
@@ -215,7 +228,10 @@ def test_one_of_two_missed() -> None:
 
 def test_false_positive_ranked_first() -> None:
     truth_list = [truth("glomerulus", box(0, 0, 50, 50))]
-    predictions = [pred("glomerulus", box(300, 300, 350, 350), 0.9), pred("glomerulus", box(0, 0, 50, 50), 0.8)]
+    predictions = [
+        pred("glomerulus", box(300, 300, 350, 350), 0.9),
+        pred("glomerulus", box(0, 0, 50, 50), 0.8),
+    ]
 
     metrics = evaluate_instances(truth_list, predictions, ["glomerulus"]).per_class[0]
 
@@ -229,9 +245,12 @@ def test_false_positive_ranked_first() -> None:
 
 def test_score_threshold_only_changes_f1() -> None:
     truth_list = [truth("glomerulus", box(0, 0, 50, 50))]
-    predictions = [pred("glomerulus", box(300, 300, 350, 350), 0.2), pred("glomerulus", box(0, 0, 50, 50), 0.8)]
+    predictions = [
+        pred("glomerulus", box(300, 300, 350, 350), 0.2),
+        pred("glomerulus", box(0, 0, 50, 50), 0.8),
+    ]
 
-    metrics = evaluate_instances(truth_list, predictions, ["glomerulus"], score_threshold=0.5).per_class[0]
+    metrics = single_class(truth_list, predictions, "glomerulus", score_threshold=0.5)
 
     assert metrics.ap == pytest.approx(1.0)
     assert metrics.precision == 1.0
@@ -255,7 +274,10 @@ def test_iou_exactly_point_six() -> None:
 
 def test_class_without_truth_not_in_mean() -> None:
     truth_list = [truth("glomerulus", box(0, 0, 50, 50))]
-    predictions = [pred("glomerulus", box(0, 0, 50, 50), 0.9), pred("artery", box(100, 0, 150, 50), 0.8)]
+    predictions = [
+        pred("glomerulus", box(0, 0, 50, 50), 0.9),
+        pred("artery", box(100, 0, 150, 50), 0.8),
+    ]
 
     result = evaluate_instances(truth_list, predictions, ["glomerulus", "artery", "vein"])
     artery = result.per_class[1]
@@ -272,7 +294,9 @@ def test_class_without_truth_not_in_mean() -> None:
 
 
 def test_150_detections_one_image() -> None:
-    squares = [box(30 * (i % 15), 30 * (i // 15), 30 * (i % 15) + 20, 30 * (i // 15) + 20) for i in range(150)]
+    # A 15 x 10 grid of 20 x 20 squares, 30 pixels apart.
+    corners = [(30 * (i % 15), 30 * (i // 15)) for i in range(150)]
+    squares = [box(x, y, x + 20, y + 20) for x, y in corners]
     truth_list = [truth("tubule", square) for square in squares]
     predictions = [pred("tubule", square, 0.99) for square in squares]
 
@@ -320,8 +344,8 @@ def test_regions_exclude_outside_objects() -> None:
     ]
     region = box(0, 0, 200, 200)
 
-    unrestricted = evaluate_instances(truth_list, predictions, ["glomerulus"]).per_class[0]
-    restricted = evaluate_instances(truth_list, predictions, ["glomerulus"], {"slide": region}).per_class[0]
+    unrestricted = single_class(truth_list, predictions, "glomerulus")
+    restricted = single_class(truth_list, predictions, "glomerulus", regions={"slide": region})
 
     assert unrestricted.n_truth == 2
     assert unrestricted.n_pred == 4
@@ -337,39 +361,45 @@ def test_region_overlap_threshold_parameter() -> None:
     predictions = [pred("glomerulus", box(170, 10, 220, 60), 0.9)]
     regions = {"slide": [box(0, 0, 200, 200)]}
 
-    strict = evaluate_instances(truth_list, predictions, ["glomerulus"], regions, min_region_overlap=0.7)
-    lenient = evaluate_instances(truth_list, predictions, ["glomerulus"], regions, min_region_overlap=0.6)
+    strict = single_class(
+        truth_list, predictions, "glomerulus", regions=regions, min_region_overlap=0.7
+    )
+    lenient = single_class(
+        truth_list, predictions, "glomerulus", regions=regions, min_region_overlap=0.6
+    )
 
-    assert strict.per_class[0].n_truth == 0
-    assert strict.per_class[0].ap is None
-    assert lenient.per_class[0].n_truth == 1
-    assert lenient.per_class[0].ap == pytest.approx(1.0)
+    assert strict.n_truth == 0
+    assert strict.ap is None
+    assert lenient.n_truth == 1
+    assert lenient.ap == pytest.approx(1.0)
 
 
 def test_other_image_not_limited_by_regions() -> None:
     truth_list = [truth("glomerulus", box(500, 500, 550, 550), "other")]
     predictions = [pred("glomerulus", box(500, 500, 550, 550), 0.9, "other")]
 
-    result = evaluate_instances(truth_list, predictions, ["glomerulus"], {"slide": box(0, 0, 10, 10)})
+    regions = {"slide": box(0, 0, 10, 10)}
 
-    assert result.per_class[0].n_truth == 1
-    assert result.per_class[0].ap == pytest.approx(1.0)
+    metrics = single_class(truth_list, predictions, "glomerulus", regions=regions)
+
+    assert metrics.n_truth == 1
+    assert metrics.ap == pytest.approx(1.0)
 
 
 def test_ring_predicted_as_filled_square() -> None:
     # Ring: 40 x 40 square with a 20 x 20 hole, area 1200. The filled square has area
-    # 1600, so IoU = 1200 / 1600 = 0.75 and the match holds at 0.50 ... 0.75.
+    # 1600, so IoU = 1200 / 1600 = 0.75 and the pair matches at 0.50 ... 0.75.
     ring = Polygon(
         [(0, 0), (40, 0), (40, 40), (0, 40)], holes=[[(10, 10), (30, 10), (30, 30), (10, 30)]]
     )
     filled = box(0, 0, 40, 40)
 
-    as_filled = evaluate_instances([truth("tubule", ring)], [pred("tubule", filled, 0.9)], ["tubule"])
-    as_ring = evaluate_instances([truth("tubule", ring)], [pred("tubule", ring, 0.9)], ["tubule"])
+    as_filled = single_class([truth("tubule", ring)], [pred("tubule", filled, 0.9)], "tubule")
+    as_ring = single_class([truth("tubule", ring)], [pred("tubule", ring, 0.9)], "tubule")
 
-    assert as_filled.per_class[0].ap == pytest.approx(6 / 10, abs=1e-12)
-    assert as_filled.per_class[0].ap75 == pytest.approx(1.0)
-    assert as_ring.per_class[0].ap == pytest.approx(1.0)
+    assert as_filled.ap == pytest.approx(6 / 10, abs=1e-12)
+    assert as_filled.ap75 == pytest.approx(1.0)
+    assert as_ring.ap == pytest.approx(1.0)
 
 
 def test_ring_disc_iou_from_areas() -> None:
@@ -379,7 +409,7 @@ def test_ring_disc_iou_from_areas() -> None:
     ring = disc.difference(Point(500, 500).buffer(100, quad_segs=64))
     assert ring.area / disc.area == pytest.approx(0.75, abs=1e-3)
 
-    metrics = evaluate_instances([truth("tubule", ring)], [pred("tubule", disc, 0.9)], ["tubule"]).per_class[0]
+    metrics = single_class([truth("tubule", ring)], [pred("tubule", disc, 0.9)], "tubule")
 
     assert metrics.ap in (pytest.approx(5 / 10), pytest.approx(6 / 10))
 
@@ -389,13 +419,16 @@ def test_far_from_origin_slide_coordinates() -> None:
     square = box(95_000, 80_000, 95_040, 80_040)
     shifted = box(95_010, 80_000, 95_050, 80_040)
 
-    metrics = evaluate_instances([truth("vessel", square)], [pred("vessel", shifted, 0.5)], ["vessel"]).per_class[0]
+    metrics = single_class([truth("vessel", square)], [pred("vessel", shifted, 0.5)], "vessel")
 
     assert metrics.ap == pytest.approx(3 / 10, abs=1e-12)
 
 
 def test_window_too_large_rejected() -> None:
-    truth_list = [truth("glomerulus", box(0, 0, 10, 10)), truth("glomerulus", box(70_000, 70_000, 70_010, 70_010))]
+    truth_list = [
+        truth("glomerulus", box(0, 0, 10, 10)),
+        truth("glomerulus", box(70_000, 70_000, 70_010, 70_010)),
+    ]
 
     with pytest.raises(EvaluationError, match="Pass evaluation regions"):
         evaluate_instances(truth_list, [], ["glomerulus"])
@@ -406,15 +439,17 @@ def test_mask_matches_polygon() -> None:
     mask = np.zeros((30, 8), dtype=bool)
     mask[5:25, 2:6] = True
     polygon = box(1002, 2005, 1006, 2025)
-    mask_instance = EvaluationInstance("slide", "vessel", mask=mask, mask_origin_level0_xy=(1000, 2000), score=0.9)
+    mask_instance = EvaluationInstance(
+        "slide", "vessel", mask=mask, mask_origin_level0_xy=(1000, 2000), score=0.9
+    )
 
-    metrics = evaluate_instances([truth("vessel", polygon)], [mask_instance], ["vessel"]).per_class[0]
+    metrics = single_class([truth("vessel", polygon)], [mask_instance], "vessel")
 
     assert metrics.ap == pytest.approx(1.0)
 
 
 def test_no_predictions_gives_zero() -> None:
-    metrics = evaluate_instances([truth("glomerulus", box(0, 0, 10, 10))], [], ["glomerulus"]).per_class[0]
+    metrics = single_class([truth("glomerulus", box(0, 0, 10, 10))], [], "glomerulus")
 
     assert metrics.ap == 0.0
     assert metrics.precision == 0.0
@@ -428,20 +463,29 @@ def test_bbox_iou_type() -> None:
     l_shape = box(0, 0, 40, 40).difference(box(20, 0, 40, 28))
     square = box(0, 0, 40, 40)
 
-    boxes = evaluate_instances([truth("vessel", square)], [pred("vessel", l_shape, 0.9)], ["vessel"], iou_type="bbox")
-    masks = evaluate_instances([truth("vessel", square)], [pred("vessel", l_shape, 0.9)], ["vessel"])
+    truth_list = [truth("vessel", square)]
+    predictions = [pred("vessel", l_shape, 0.9)]
 
-    assert boxes.per_class[0].ap == pytest.approx(1.0)
-    assert masks.per_class[0].ap50 == pytest.approx(1.0)
-    assert masks.per_class[0].ap75 == 0.0
-    assert masks.per_class[0].ap == pytest.approx(4 / 10, abs=1e-12)
+    boxes = single_class(truth_list, predictions, "vessel", iou_type="bbox")
+    masks = single_class(truth_list, predictions, "vessel")
+
+    assert boxes.ap == pytest.approx(1.0)
+    assert masks.ap50 == pytest.approx(1.0)
+    assert masks.ap75 == 0.0
+    assert masks.ap == pytest.approx(4 / 10, abs=1e-12)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"class_names": ["glomerulus"], "predictions": [pred("tubule", box(0, 0, 5, 5), 0.5)]}, "not in class_names"),
-        ({"class_names": ["glomerulus"], "predictions": [truth("glomerulus", box(0, 0, 5, 5))]}, "has no score"),
+        (
+            {"class_names": ["glomerulus"], "predictions": [pred("tubule", box(0, 0, 5, 5), 0.5)]},
+            "not in class_names",
+        ),
+        (
+            {"class_names": ["glomerulus"], "predictions": [truth("glomerulus", box(0, 0, 5, 5))]},
+            "has no score",
+        ),
         ({"class_names": ["a", "a"], "predictions": []}, "more than once"),
     ],
 )
@@ -463,11 +507,16 @@ def test_instance_needs_one_shape() -> None:
     extra_height=st.integers(0, 3),
     extra_width=st.integers(0, 3),
 )
-def test_rle_counts_match_full_canvas(mask, column_offset, row_offset, extra_height, extra_width) -> None:
-    height = mask.shape[0] + row_offset + extra_height
-    width = mask.shape[1] + column_offset + extra_width
+def test_rle_counts_match_full_canvas(
+    mask, column_offset, row_offset, extra_height, extra_width
+) -> None:
+    local_height, local_width = mask.shape
+    height = local_height + row_offset + extra_height
+    width = local_width + column_offset + extra_width
     canvas = np.zeros((height, width), dtype=np.uint8)
-    canvas[row_offset : row_offset + mask.shape[0], column_offset : column_offset + mask.shape[1]] = mask
+    rows = slice(row_offset, row_offset + local_height)
+    columns = slice(column_offset, column_offset + local_width)
+    canvas[rows, columns] = mask
 
     counts = _rle_counts(mask, column_offset, row_offset, height, width)
     rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
@@ -535,7 +584,9 @@ def test_cli_geojson_pair(tmp_path: Path) -> None:
         [
             feature(box(0, 0, 40, 40), "Glomerulus", score=0.9),
             feature(box(300, 0, 320, 30), "Tubule", measurements={"score": 0.8}),
-            feature(box(10, 0, 50, 40), "Tubule", objectType="detection", measurements={"score": 0.3}),
+            feature(
+                box(10, 0, 50, 40), "Tubule", objectType="detection", measurements={"score": 0.3}
+            ),
         ],
     )
 
@@ -554,19 +605,27 @@ def test_cli_geojson_pair(tmp_path: Path) -> None:
 
 
 def test_cli_geojson_regions(tmp_path: Path) -> None:
-    truth_path = write_geojson(tmp_path / "truth.geojson", [feature(box(0, 0, 40, 40), "Glomerulus"), feature(box(500, 0, 540, 40), "Glomerulus")])
-    pred_path = write_geojson(tmp_path / "pred.geojson", [feature(box(0, 0, 40, 40), "Glomerulus", score=0.9)])
+    truth_path = write_geojson(
+        tmp_path / "truth.geojson",
+        [feature(box(0, 0, 40, 40), "Glomerulus"), feature(box(500, 0, 540, 40), "Glomerulus")],
+    )
+    pred_path = write_geojson(
+        tmp_path / "pred.geojson", [feature(box(0, 0, 40, 40), "Glomerulus", score=0.9)]
+    )
     regions_path = write_geojson(tmp_path / "regions.geojson", [feature(box(0, 0, 200, 200), None)])
 
-    completed = run_cli("--truth", str(truth_path), "--pred", str(pred_path), "--regions", str(regions_path))
+    completed = run_cli(
+        "--truth", str(truth_path), "--pred", str(pred_path), "--regions", str(regions_path)
+    )  # fmt: skip
 
     assert completed.returncode == 0, completed.stderr
     assert json.loads(completed.stdout)["classes"][0]["ap"] == pytest.approx(1.0)
 
 
 def test_cli_prediction_without_score(tmp_path: Path) -> None:
-    truth_path = write_geojson(tmp_path / "truth.geojson", [feature(box(0, 0, 40, 40), "Glomerulus")])
-    pred_path = write_geojson(tmp_path / "pred.geojson", [feature(box(0, 0, 40, 40), "Glomerulus")])
+    square = box(0, 0, 40, 40)
+    truth_path = write_geojson(tmp_path / "truth.geojson", [feature(square, "Glomerulus")])
+    pred_path = write_geojson(tmp_path / "pred.geojson", [feature(square, "Glomerulus")])
 
     completed = run_cli("--truth", str(truth_path), "--pred", str(pred_path))
 
@@ -589,7 +648,9 @@ def test_cli_unreadable_input(tmp_path: Path) -> None:
 
 
 def test_cli_usage_errors(hubmap: Path, tmp_path: Path) -> None:
-    geojson = write_geojson(tmp_path / "pred.geojson", [feature(box(0, 0, 40, 40), "Glomerulus", score=0.5)])
+    geojson = write_geojson(
+        tmp_path / "pred.geojson", [feature(box(0, 0, 40, 40), "Glomerulus", score=0.5)]
+    )
 
     no_pred = run_cli("--truth", str(hubmap / "gt_coco.json"))
     mixed = run_cli("--truth", str(hubmap / "gt_coco.json"), "--pred", str(geojson))

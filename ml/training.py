@@ -1,0 +1,1210 @@
+"""Fine-tune a class-aware SAM on instance masks with known classes.
+
+Each ground-truth instance gives one prompt per epoch: ``points_per_instance`` foreground
+points drawn uniformly from its mask, and, when ``use_box_prompts`` is set, its bounding
+box with a small jitter. The model predicts one mask, its IoU and class logits per prompt.
+
+Losses, per prompt and averaged over a batch:
+
+- Dice and BCE between the mask logits and the ground-truth mask. The mask is
+  downsampled to the logit resolution (4G x 4G, 256 x 256 for the official models) by
+  area averaging, so its border pixels are soft targets in 0..1. This avoids upsampling
+  every logit map to S x S, which costs 16 times the memory.
+- Cross-entropy between the class logits and the instance's class, optionally weighted
+  by inverse class frequency.
+- MSE between the IoU head and the IoU of the thresholded prediction (logit > 0) with the
+  mask thresholded at 0.5. That IoU is computed without gradients.
+
+With a frozen image encoder every image embedding is computed once per (image, flip and
+rotation transform) and reused across epochs (``EmbeddingCache``). The colour jitter of a
+cached embedding is therefore fixed per (image, transform), so an image is seen in at
+most eight colour variants over the whole run. A trainable image encoder recomputes the
+embeddings every step and gets the same augmentations, as the augmentation draw does not
+depend on the cache.
+
+Checkpoints go to ``checkpoint_dir`` after every epoch and a later call with the same
+folder resumes after the last finished epoch. The random draws of each epoch (order,
+augmentation, prompts) derive from ``(seed, epoch)``, so a resumed run repeats exactly
+what an uninterrupted run would have done and a checkpoint needs no generator state.
+
+Usage::
+
+    model, _ = from_sam(load_sam(checkpoint).model, ["glomerulus", "vessel"])
+    config = TrainingConfig(epochs=20, batch_size=16, device="cuda", bf16_autocast=True)
+    result = train(model, train_samples, val_samples, config, Path("runs/v7"))
+    model, metadata = load_class_aware(result.checkpoint_path)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ml.checkpoints import file_sha256
+from ml.class_aware import ClassAwareSam, DecoderOutput, set_trainable
+from ml.errors import CheckpointError, NephrowebError, SettingsError
+from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware
+from ml.training_data import (
+    IDENTITY_TRANSFORM,
+    AugmentationChoice,
+    TrainingSample,
+    balanced_class_weights,
+    choose_augmentation,
+    derive_seed,
+    jittered_box_xyxy,
+    model_input_image,
+    model_input_mask,
+    sample_points,
+    samples_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.json"
+STATE_FORMAT = "nephroweb-training-state"
+STATE_FORMAT_VERSION = 1
+BEST_MODEL_FILE = "best.safetensors"
+
+# Config fields that may change when a run resumes. A different epoch count changes the
+# length of the cosine schedule, so the result then differs from an uninterrupted run.
+RESUMABLE_CHANGES = frozenset({"epochs", "device", "bf16_autocast"})
+
+ProgressCallback = Callable[[int, int, Mapping[str, float]], None]
+
+
+class TrainingError(NephrowebError, RuntimeError):
+    """Training cannot continue, for example because a loss is not finite."""
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _check_int(name: str, value: Any, minimum: int, fix: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SettingsError(
+            f"{name} is {value!r}, expected a whole number of at least {minimum}. {fix}".strip()
+        )
+
+
+def _check_float(name: str, value: Any, minimum: float, maximum: float = math.inf) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not minimum <= value <= maximum
+    ):
+        allowed = f"from {minimum} to {maximum}" if math.isfinite(maximum) else f">= {minimum}"
+        raise SettingsError(f"{name} is {value!r}, expected a finite number {allowed}.")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{name} is {value!r}, expected true or false.")
+
+
+def _from_mapping(cls: type, data: Any, name: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting keys it does not define."""
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{name} is {data!r}, expected a mapping of field names to values.")
+    known = {spec.name for spec in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SettingsError(
+            f"{name} contains unknown keys {unknown}. Allowed keys are {sorted(known)}."
+        )
+    return cls(**data)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Factors of the four loss terms in the total loss. Each is >= 0 and one is > 0."""
+
+    dice: float = 1.0
+    bce: float = 1.0
+    ce: float = 1.0
+    iou_mse: float = 1.0
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            _check_float(f"loss_weights.{spec.name}", getattr(self, spec.name), 0.0)
+        if not any(getattr(self, spec.name) > 0 for spec in fields(self)):
+            raise SettingsError("loss_weights are all 0. Give at least one loss a weight above 0.")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Image-level augmentation, applied to the image and its masks alike.
+
+    Attributes:
+        flips: Flip left-right with probability 0.5.
+        rotations_90: Rotate by 0, 90, 180 or 270 degrees, each equally likely.
+        color_jitter: Half-width of the uniform factor on each channel's optical
+            density, 0 (off) to 0.5. A value of 0.1 scales the stain density by 0.9..1.1.
+    """
+
+    flips: bool = True
+    rotations_90: bool = True
+    color_jitter: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check_bool("augment.flips", self.flips)
+        _check_bool("augment.rotations_90", self.rotations_90)
+        _check_float("augment.color_jitter", self.color_jitter, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of one training run. Saved with each checkpoint and model.
+
+    Attributes:
+        epochs: Passes over every training instance.
+        batch_size: Prompts per forward pass, drawn from any images.
+        learning_rate: Peak AdamW learning rate, reached after the warm-up.
+        weight_decay: AdamW decoupled weight decay.
+        warmup_steps: Optimizer steps of linear warm-up, followed by cosine decay to 0.
+        grad_accumulation: Batches whose gradients add up to one optimizer step.
+        points_per_instance: Foreground points per prompt, 0 for box-only prompts.
+        use_box_prompts: Add each instance's jittered bounding box to its prompt.
+        box_jitter_fraction: Standard deviation of each box edge's shift, as a fraction
+            of the box side (at most 20 px).
+        freeze_image_encoder: Keep the image encoder fixed and cache its embeddings.
+        freeze_prompt_encoder: Keep the prompt encoder fixed.
+        loss_weights: Factors of the loss terms.
+        class_weights: "balanced" weighs cross-entropy by inverse class frequency in
+            the training samples; None weighs every class 1.
+        augment: Flip, rotation and colour augmentation.
+        early_stopping_patience: Stop after this many epochs without a lower validation
+            loss; None never stops early. Needs validation samples.
+        seed: Seed of every random draw of the run.
+        device: "cpu" or "cuda".
+        bf16_autocast: Run forward passes in bfloat16 autocast (CUDA only).
+        embedding_cache_max_entries: Most cached image embeddings, least recently used
+            dropped first; None keeps all. One entry is C x G x G float32 on the CPU,
+            4 MiB for the official models (256 x 64 x 64).
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_accumulation: int = 1
+    points_per_instance: int = 1
+    use_box_prompts: bool = True
+    box_jitter_fraction: float = 0.1
+    freeze_image_encoder: bool = True
+    freeze_prompt_encoder: bool = True
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    class_weights: str | None = "balanced"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    early_stopping_patience: int | None = 5
+    seed: int = 0
+    device: str = "cpu"
+    bf16_autocast: bool = False
+    embedding_cache_max_entries: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("learning_rate", self.learning_rate, 0.0, 1.0)
+        if self.learning_rate == 0:
+            raise SettingsError("learning_rate is 0, so nothing would train. Give a value > 0.")
+        _check_float("weight_decay", self.weight_decay, 0.0)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        _check_int("grad_accumulation", self.grad_accumulation, 1)
+        _check_int("points_per_instance", self.points_per_instance, 0)
+        _check_bool("use_box_prompts", self.use_box_prompts)
+        if self.points_per_instance == 0 and not self.use_box_prompts:
+            raise SettingsError(
+                "points_per_instance is 0 and use_box_prompts is false, so prompts would be "
+                "empty. Set points_per_instance to at least 1 or use_box_prompts to true."
+            )
+        _check_float("box_jitter_fraction", self.box_jitter_fraction, 0.0, 1.0)
+        _check_bool("freeze_image_encoder", self.freeze_image_encoder)
+        _check_bool("freeze_prompt_encoder", self.freeze_prompt_encoder)
+        if not isinstance(self.loss_weights, LossWeights):
+            raise SettingsError(
+                f"loss_weights is {self.loss_weights!r}, expected a LossWeights. "
+                "Use TrainingConfig.from_dict for plain mappings."
+            )
+        if self.class_weights not in ("balanced", None):
+            raise SettingsError(
+                f"class_weights is {self.class_weights!r}, expected 'balanced' or None."
+            )
+        if not isinstance(self.augment, AugmentConfig):
+            raise SettingsError(
+                f"augment is {self.augment!r}, expected an AugmentConfig. "
+                "Use TrainingConfig.from_dict for plain mappings."
+            )
+        if self.early_stopping_patience is not None:
+            _check_int(
+                "early_stopping_patience", self.early_stopping_patience, 1,
+                "Use None to turn early stopping off.",
+            )
+        _check_int("seed", self.seed, 0)
+        if self.device not in ("cpu", "cuda"):
+            raise SettingsError(f"device is {self.device!r}, expected 'cpu' or 'cuda'.")
+        _check_bool("bf16_autocast", self.bf16_autocast)
+        if self.bf16_autocast and self.device != "cuda":
+            raise SettingsError(
+                f"bf16_autocast is true with device {self.device!r}. It is supported only "
+                "with device 'cuda'; set it to false on the CPU."
+            )
+        if self.embedding_cache_max_entries is not None:
+            _check_int(
+                "embedding_cache_max_entries", self.embedding_cache_max_entries, 1,
+                "Use None for no limit.",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as JSON-ready nested dicts."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
+        """Build a config from ``to_dict`` output. Missing keys take their defaults.
+
+        Raises:
+            SettingsError: A key is unknown, at the top level or inside ``loss_weights``
+                or ``augment``, or a value is invalid.
+        """
+        if not isinstance(data, Mapping):
+            raise SettingsError(f"Training config is {data!r}, expected a mapping.")
+        values = dict(data)
+        if "loss_weights" in values:
+            values["loss_weights"] = _from_mapping(LossWeights, values["loss_weights"], "loss_weights")
+        if "augment" in values:
+            values["augment"] = _from_mapping(AugmentConfig, values["augment"], "augment")
+        return _from_mapping(cls, values, "Training config")
+
+
+def learning_rate_at(step: int, total_steps: int, config: TrainingConfig) -> float:
+    """Return the learning rate of 0-based optimizer step ``step``.
+
+    The rate rises linearly to ``learning_rate`` over ``warmup_steps`` steps, then falls
+    along a half cosine that would reach 0 at ``total_steps``.
+    """
+    peak = config.learning_rate
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    decay_steps = max(1, total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Loss terms of one batch, each a scalar tensor, and their weighted sum ``total``."""
+
+    dice: torch.Tensor
+    bce: torch.Tensor
+    ce: torch.Tensor
+    iou_mse: torch.Tensor
+    total: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Return each term as a Python float."""
+        return {spec.name: float(getattr(self, spec.name).detach()) for spec in fields(self)}
+
+
+def dice_loss(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return the mean soft Dice loss of (N, ...) probabilities against targets in 0..1.
+
+    Identical binary masks give exactly 0. Two empty masks also give 0.
+    """
+    probabilities = probabilities.flatten(1)
+    targets = targets.flatten(1)
+    intersection = (probabilities * targets).sum(dim=1)
+    total = probabilities.sum(dim=1) + targets.sum(dim=1)
+    smooth = 1.0
+    return (1.0 - (2.0 * intersection + smooth) / (total + smooth)).mean()
+
+
+def mask_iou(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return the (N,) IoU of (N, ...) bool masks. Two empty masks have IoU 1."""
+    predicted = predicted.flatten(1)
+    targets = targets.flatten(1)
+    intersection = (predicted & targets).sum(dim=1).float()
+    union = (predicted | targets).sum(dim=1).float()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+
+
+def compute_losses(
+    output: DecoderOutput,
+    target_masks: torch.Tensor,
+    target_classes: torch.Tensor,
+    weights: LossWeights,
+    class_weights: torch.Tensor | None = None,
+) -> LossTerms:
+    """Compute the four loss terms of a batch in float32.
+
+    Args:
+        output: Decoder output for N prompts.
+        target_masks: (N, 1, 4G, 4G) ground truth in 0..1 at the logit resolution.
+        target_classes: (N,) class index of each prompt's instance.
+        weights: Factors of the terms in ``total``.
+        class_weights: (num_classes,) cross-entropy weights, or None for equal weights.
+    """
+    logits = output.mask_logits.float()
+    targets = target_masks.float()
+    dice = dice_loss(torch.sigmoid(logits), targets)
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    ce = F.cross_entropy(output.class_logits.float(), target_classes, weight=class_weights)
+    with torch.no_grad():
+        real_iou = mask_iou(logits > 0, targets >= 0.5)
+    iou_mse = F.mse_loss(output.iou_pred.float()[:, 0], real_iou)
+    total = (
+        weights.dice * dice + weights.bce * bce + weights.ce * ce + weights.iou_mse * iou_mse
+    )
+    return LossTerms(dice=dice, bce=bce, ce=ce, iou_mse=iou_mse, total=total)
+
+
+def check_finite(terms: LossTerms, epoch: int, step: int) -> None:
+    """Raise ``TrainingError`` naming the step when any loss term is NaN or infinite."""
+    values = terms.as_floats()
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if bad:
+        raise TrainingError(
+            f"Loss is not finite at epoch {epoch}, optimizer step {step}: {bad}. Lower "
+            "learning_rate, turn bf16_autocast off, or check the training images for "
+            "invalid values. Training resumes from the last checkpoint when started again."
+        )
+
+
+# ---------------------------------------------------------------------------- embeddings
+
+
+class EmbeddingCache:
+    """Image embeddings of a frozen image encoder, computed once per key and kept on the CPU.
+
+    Keys name an image and its augmentation, for example ``("train", 3, transform_id)``.
+    The cache assumes that the encoder does not change while it is used.
+
+    Args:
+        model: Model whose image encoder computes the embeddings.
+        max_entries: Most entries kept, least recently used dropped first; None keeps all.
+        autocast: Context manager factory wrapped around every encoder run.
+    """
+
+    def __init__(
+        self,
+        model: ClassAwareSam,
+        max_entries: int | None = None,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        self._model = model
+        self._max_entries = max_entries
+        self._autocast = autocast
+        self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.encoder_runs = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Hashable, make_image: Callable[[], np.ndarray]) -> torch.Tensor:
+        """Return the (1, C, G, G) float32 CPU embedding of ``key``.
+
+        ``make_image`` returns the (S, S, 3) uint8 model-input image and is called only
+        when the key is not cached.
+        """
+        cached = self._entries.get(key)
+        if cached is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return cached
+        embedding = embed_image(self._model, make_image(), self._autocast).cpu()
+        self.encoder_runs += 1
+        self._entries[key] = embedding
+        if self._max_entries is not None and len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return embedding
+
+
+def embed_image(
+    model: ClassAwareSam,
+    image_rgb: np.ndarray,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> torch.Tensor:
+    """Return the (1, C, G, G) float32 embedding of one (S, S, 3) uint8 image, without gradients."""
+    device = next(model.parameters()).device
+    image = torch.from_numpy(image_rgb).permute(2, 0, 1).unsqueeze(0).float().to(device)
+    with torch.no_grad(), autocast():
+        return model.embed_images(image).float()
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One instance of one sample, the unit that becomes a prompt."""
+
+    sample_index: int
+    instance_index: int
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Model inputs and targets for N prompts, on the training device.
+
+    Attributes:
+        point_coords: (N, P, 2) points (x, y) in model-input pixels, or None.
+        point_labels: (N, P) ones, or None.
+        boxes_xyxy: (N, 4) boxes in model-input pixels, or None.
+        target_masks: (N, 1, 4G, 4G) ground truth in 0..1 at the logit resolution.
+        target_classes: (N,) class indices.
+    """
+
+    point_coords: torch.Tensor | None
+    point_labels: torch.Tensor | None
+    boxes_xyxy: torch.Tensor | None
+    target_masks: torch.Tensor
+    target_classes: torch.Tensor
+
+
+def prompt_items(samples: Sequence[TrainingSample]) -> list[PromptItem]:
+    """List every instance of every sample, in sample order."""
+    return [
+        PromptItem(sample_index, instance_index)
+        for sample_index, sample in enumerate(samples)
+        for instance_index in range(sample.num_instances)
+    ]
+
+
+def build_prompt_batch(
+    items: Sequence[PromptItem],
+    samples: Sequence[TrainingSample],
+    transform_ids: Mapping[int, int],
+    rng_seeds: Sequence[int],
+    config: TrainingConfig,
+    image_size: int,
+    logit_size: int,
+    device: torch.device,
+) -> PromptBatch:
+    """Sample the prompts of ``items`` inside their transformed masks.
+
+    Args:
+        transform_ids: Flip and rotation transform of each sample index in this epoch.
+        rng_seeds: One seed per item for its points and box jitter.
+        logit_size: Side 4G of the mask logits, the resolution of the targets.
+    """
+    points, boxes, masks, classes = [], [], [], []
+    for item, item_seed in zip(items, rng_seeds, strict=True):
+        sample = samples[item.sample_index]
+        mask = model_input_mask(
+            sample, item.instance_index, transform_ids[item.sample_index], image_size
+        )
+        rng = np.random.default_rng(item_seed)
+        if config.points_per_instance:
+            points.append(sample_points(mask, config.points_per_instance, rng))
+        if config.use_box_prompts:
+            boxes.append(jittered_box_xyxy(mask, config.box_jitter_fraction, rng))
+        masks.append(mask)
+        classes.append(int(sample.class_indices[item.instance_index]))
+
+    full_masks = torch.from_numpy(np.stack(masks)).unsqueeze(1).float()
+    target_masks = F.interpolate(full_masks, size=(logit_size, logit_size), mode="area")
+    point_coords = torch.from_numpy(np.stack(points)).to(device) if points else None
+    point_labels = (
+        torch.ones(point_coords.shape[:2], dtype=torch.int64, device=device)
+        if point_coords is not None
+        else None
+    )
+    return PromptBatch(
+        point_coords=point_coords,
+        point_labels=point_labels,
+        boxes_xyxy=torch.from_numpy(np.stack(boxes)).to(device) if boxes else None,
+        target_masks=target_masks.to(device),
+        target_classes=torch.tensor(classes, dtype=torch.int64, device=device),
+    )
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Metrics of one finished epoch.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        train_loss: Mean weighted total loss over the epoch's prompts.
+        train_dice, train_bce, train_ce, train_iou_mse: Mean unweighted loss terms.
+        val_loss: Mean weighted total loss on the validation prompts, None without them.
+        val_class_accuracy: Share of validation prompts whose top class is right.
+        learning_rate: Learning rate of the epoch's last optimizer step.
+        seconds: Wall-clock duration of the epoch including validation.
+    """
+
+    epoch: int
+    train_loss: float
+    train_dice: float
+    train_bce: float
+    train_ce: float
+    train_iou_mse: float
+    val_loss: float | None
+    val_class_accuracy: float | None
+    learning_rate: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Outcome of ``train``.
+
+    Attributes:
+        history: One record per finished epoch, resumed epochs included.
+        best_epoch: Epoch with the lowest validation loss, or the last epoch without
+            validation samples. 0 when no epoch finished.
+        stopped_early: Early stopping ended the run.
+        cancelled: ``should_stop`` ended the run. The unfinished epoch is discarded and a
+            later call with the same folder repeats it.
+        checkpoint_path: Model of ``best_epoch`` (``best.safetensors``), loadable with
+            ``load_class_aware``. None when no epoch finished.
+    """
+
+    history: tuple[EpochRecord, ...]
+    best_epoch: int
+    stopped_early: bool
+    cancelled: bool
+    checkpoint_path: Path | None
+
+
+@dataclass
+class _RunState:
+    """Mutable bookkeeping of a run, saved in the state JSON after every epoch."""
+
+    epoch: int = 0
+    optimizer_step: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def train(
+    model: ClassAwareSam,
+    train_samples: Sequence[TrainingSample],
+    val_samples: Sequence[TrainingSample],
+    config: TrainingConfig,
+    checkpoint_dir: str | os.PathLike[str],
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    *,
+    metadata: ClassAwareMetadata | None = None,
+) -> TrainingResult:
+    """Fine-tune ``model`` in place, checkpointing every epoch and resuming if possible.
+
+    When ``checkpoint_dir`` holds a checkpoint of the same run (same config apart from
+    ``RESUMABLE_CHANGES``, same samples, same classes), the model and optimizer are
+    restored from it and training continues with the next epoch. A finished run returns
+    its stored result without training. When the call returns, ``model`` holds the
+    weights of the last finished epoch and is in eval mode.
+
+    Args:
+        model: Class-aware SAM to train. Its trainable parts are set from ``config``.
+        train_samples: Samples whose instances become training prompts.
+        val_samples: Samples for the validation loss, with fixed prompts and no
+            augmentation. May be empty when ``early_stopping_patience`` is None.
+        config: Run settings.
+        checkpoint_dir: Folder for checkpoints, created if missing.
+        progress: Called as ``progress(epoch, optimizer_step, metrics)`` after every
+            optimizer step, with the batch's loss terms and "lr", and once after each
+            epoch with that epoch's ``EpochRecord`` fields.
+        should_stop: Polled before every batch. When it returns True, training stops and
+            the unfinished epoch is discarded.
+        metadata: Class colours, mpp and tile size stored with every saved model, its
+            ``training_config`` replaced by ``config``. Without it the models are saved
+            with grey class colours, mpp 1.0 and tile size ``image_size``.
+
+    Raises:
+        SettingsError: Invalid samples or config, CUDA requested but unavailable, or a
+            checkpoint of a different run in ``checkpoint_dir``.
+        TrainingError: A loss became NaN or infinite.
+        CheckpointError: The checkpoint in ``checkpoint_dir`` is incomplete or corrupt.
+    """
+    train_samples = list(train_samples)
+    val_samples = list(val_samples)
+    _check_inputs(model, train_samples, val_samples, config)
+    device = torch.device(config.device)
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = _run_metadata(model, config, metadata)
+
+    model.to(device)
+    set_trainable(
+        model,
+        image_encoder=not config.freeze_image_encoder,
+        prompt_encoder=not config.freeze_prompt_encoder,
+        mask_decoder=True,
+    )
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(
+        parameters, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    fingerprint = {
+        "train": samples_fingerprint(train_samples),
+        "val": samples_fingerprint(val_samples),
+    }
+    state = _resume(folder, model, optimizer, config, fingerprint)
+    if state.epoch >= config.epochs or state.stopped_early:
+        logger.info("Training run in %s is already finished at epoch %d", folder, state.epoch)
+        model.eval()
+        return _result(state, folder, cancelled=False)
+
+    loop = _TrainingLoop(model, optimizer, train_samples, val_samples, config, device)
+    logger.info(
+        "Training %s for epochs %d..%d: %d training and %d validation prompts, "
+        "%d optimizer steps per epoch, device %s",
+        ", ".join(model.class_names), state.epoch + 1, config.epochs, len(loop.train_items),
+        len(loop.val_items), loop.steps_per_epoch, config.device,
+    )
+
+    while state.epoch < config.epochs:
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        epoch_losses = loop.run_epoch(epoch, state, progress, should_stop)
+        if epoch_losses is None:
+            logger.info("Training cancelled during epoch %d; resuming repeats it", epoch)
+            model.eval()
+            return _result(state, folder, cancelled=True)
+        val_loss, val_accuracy = loop.validate()
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=epoch_losses["total"],
+            train_dice=epoch_losses["dice"],
+            train_bce=epoch_losses["bce"],
+            train_ce=epoch_losses["ce"],
+            train_iou_mse=epoch_losses["iou_mse"],
+            val_loss=val_loss,
+            val_class_accuracy=val_accuracy,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - started,
+        )
+        improved = _update_state(state, record, config)
+        _save_checkpoint(folder, model, optimizer, state, config, fingerprint, metadata, improved)
+        logger.info(
+            "Epoch %d/%d: train loss %.4f (dice %.4f, bce %.4f, ce %.4f, iou mse %.4f), "
+            "val loss %s, val class accuracy %s, lr %.3g, %.1f s",
+            epoch, config.epochs, record.train_loss, record.train_dice, record.train_bce,
+            record.train_ce, record.train_iou_mse, _format_optional(record.val_loss),
+            _format_optional(record.val_class_accuracy), record.learning_rate, record.seconds,
+        )
+        if progress is not None:
+            progress(epoch, state.optimizer_step, _record_metrics(record))
+        if state.stopped_early:
+            logger.info(
+                "Early stopping after epoch %d: no lower validation loss for %d epochs "
+                "(best epoch %d)", epoch, state.epochs_without_improvement, state.best_epoch,
+            )
+            break
+
+    model.eval()
+    return _result(state, folder, cancelled=False)
+
+
+class _TrainingLoop:
+    """Epoch and validation passes over fixed samples, with the embedding cache."""
+
+    def __init__(
+        self,
+        model: ClassAwareSam,
+        optimizer: torch.optim.Optimizer,
+        train_samples: list[TrainingSample],
+        val_samples: list[TrainingSample],
+        config: TrainingConfig,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.train_samples = train_samples
+        self.val_samples = val_samples
+        self.config = config
+        self.device = device
+        self.image_size = model.image_size
+        self.logit_size = 4 * model.architecture.embedding_grid_size
+        self.train_items = prompt_items(train_samples)
+        self.val_items = prompt_items(val_samples)
+        self.batches_per_epoch = math.ceil(len(self.train_items) / config.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accumulation)
+        self.total_steps = config.epochs * self.steps_per_epoch
+
+        self.class_weights = None
+        if config.class_weights == "balanced":
+            weights = balanced_class_weights(train_samples, len(model.class_names))
+            self.class_weights = torch.from_numpy(weights).to(device)
+            logger.info("Balanced class weights: %s", np.round(weights, 4).tolist())
+        self.cache = (
+            EmbeddingCache(model, config.embedding_cache_max_entries, self.autocast)
+            if config.freeze_image_encoder
+            else None
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Return the bfloat16 autocast context when configured, else a no-op context."""
+        if self.config.bf16_autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def run_epoch(
+        self,
+        epoch: int,
+        state: _RunState,
+        progress: ProgressCallback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> dict[str, float] | None:
+        """Train one epoch and return its mean loss terms, or None when cancelled."""
+        config = self.config
+        # Every draw of the epoch derives from (seed, epoch), so a resumed run repeats it.
+        torch.manual_seed(derive_seed(config.seed, "torch", epoch))
+        order = np.random.default_rng(derive_seed(config.seed, "order", epoch)).permutation(
+            len(self.train_items)
+        )
+        choices = {
+            index: choose_augmentation(
+                config.seed, epoch, index,
+                flips=config.augment.flips,
+                rotations_90=config.augment.rotations_90,
+                color_jitter=config.augment.color_jitter,
+            )
+            for index in range(len(self.train_samples))
+        }
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        prompt_count = 0
+
+        for batch_index in range(self.batches_per_epoch):
+            if should_stop is not None and should_stop():
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            positions = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+            items = [self.train_items[position] for position in positions]
+            seeds = [
+                derive_seed(config.seed, "prompt", epoch, item.sample_index, item.instance_index)
+                for item in items
+            ]
+            group_start = batch_index - batch_index % config.grad_accumulation
+            group_size = min(config.grad_accumulation, self.batches_per_epoch - group_start)
+
+            terms = self._forward(items, seeds, choices, "train", self.train_samples, epoch)
+            check_finite(terms, epoch, state.optimizer_step + 1)
+            (terms.total / group_size).backward()
+            values = terms.as_floats()
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value * len(items)
+            prompt_count += len(items)
+
+            if batch_index + 1 == group_start + group_size:
+                learning_rate = learning_rate_at(state.optimizer_step, self.total_steps, config)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = learning_rate
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                state.optimizer_step += 1
+                if progress is not None:
+                    progress(epoch, state.optimizer_step, {**values, "lr": learning_rate})
+        return {name: total / prompt_count for name, total in sums.items()}
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float | None, float | None]:
+        """Return the mean validation loss and class accuracy, or (None, None) without data."""
+        if not self.val_items:
+            return None, None
+        self.model.eval()
+        identity = {
+            index: AugmentationChoice(IDENTITY_TRANSFORM, (1.0, 1.0, 1.0))
+            for index in range(len(self.val_samples))
+        }
+        loss_sum = 0.0
+        correct = 0
+        size = self.config.batch_size
+        for start in range(0, len(self.val_items), size):
+            items = self.val_items[start:start + size]
+            seeds = [
+                derive_seed(self.config.seed, "val-prompt", item.sample_index, item.instance_index)
+                for item in items
+            ]
+            terms, output, batch = self._forward(
+                items, seeds, identity, "val", self.val_samples, 0, return_output=True
+            )
+            check_finite(terms, 0, 0)
+            loss_sum += float(terms.total) * len(items)
+            correct += int((output.class_logits.argmax(dim=1) == batch.target_classes).sum())
+        self.model.train()
+        return loss_sum / len(self.val_items), correct / len(self.val_items)
+
+    def _forward(
+        self,
+        items: list[PromptItem],
+        seeds: list[int],
+        choices: Mapping[int, AugmentationChoice],
+        split: str,
+        samples: list[TrainingSample],
+        epoch: int,
+        return_output: bool = False,
+    ) -> Any:
+        batch = build_prompt_batch(
+            items,
+            samples,
+            {index: choice.transform_id for index, choice in choices.items()},
+            seeds,
+            self.config,
+            self.image_size,
+            self.logit_size,
+            self.device,
+        )
+        embeddings = self._embeddings(items, choices, split, samples)
+        with self.autocast():
+            output = self.model(
+                image_embeddings=embeddings,
+                point_coords=batch.point_coords,
+                point_labels=batch.point_labels,
+                boxes_xyxy=batch.boxes_xyxy,
+            )
+        terms = compute_losses(
+            output,
+            batch.target_masks,
+            batch.target_classes,
+            self.config.loss_weights,
+            self.class_weights,
+        )
+        if return_output:
+            return terms, output, batch
+        return terms
+
+    def _embeddings(
+        self,
+        items: list[PromptItem],
+        choices: Mapping[int, AugmentationChoice],
+        split: str,
+        samples: list[TrainingSample],
+    ) -> torch.Tensor:
+        """Return (N, C, G, G) embeddings, one per item, on the device."""
+        unique = sorted({item.sample_index for item in items})
+
+        def image_of(index: int) -> np.ndarray:
+            return model_input_image(samples[index], choices[index], self.image_size)
+
+        if self.cache is not None:
+            per_sample = {
+                index: self.cache.get(
+                    (split, index, choices[index].transform_id),
+                    lambda index=index: image_of(index),
+                )
+                for index in unique
+            }
+            stacked = torch.cat([per_sample[item.sample_index] for item in items])
+            return stacked.to(self.device)
+
+        # A trainable encoder runs on every distinct image of the batch, with gradients
+        # in training and without them in validation (the caller's no_grad).
+        images = torch.from_numpy(np.stack([image_of(index) for index in unique]))
+        images = images.permute(0, 3, 1, 2).float().to(self.device)
+        with self.autocast():
+            embedded = self.model.embed_images(images)
+        position = {index: row for row, index in enumerate(unique)}
+        return embedded[[position[item.sample_index] for item in items]]
+
+
+def _check_inputs(
+    model: ClassAwareSam,
+    train_samples: list[TrainingSample],
+    val_samples: list[TrainingSample],
+    config: TrainingConfig,
+) -> None:
+    num_classes = len(model.class_names)
+    for split, samples in (("train_samples", train_samples), ("val_samples", val_samples)):
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, TrainingSample):
+                raise SettingsError(
+                    f"{split}[{index}] is a {type(sample).__name__}, expected a TrainingSample."
+                )
+            if sample.num_instances and sample.class_indices.max() >= num_classes:
+                raise SettingsError(
+                    f"{split}[{index}] has class index {int(sample.class_indices.max())}, but "
+                    f"the model has {num_classes} classes ({', '.join(model.class_names)}). "
+                    "Map every class name to its index in model.class_names."
+                )
+    if not prompt_items(train_samples):
+        raise SettingsError(
+            f"train_samples ({len(train_samples)} samples) contain no instances. "
+            "Give at least one sample with an instance mask."
+        )
+    if config.early_stopping_patience is not None and not prompt_items(val_samples):
+        raise SettingsError(
+            f"early_stopping_patience is {config.early_stopping_patience} but val_samples "
+            "contain no instances. Give validation samples or set it to None."
+        )
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(
+            "device is 'cuda' but PyTorch finds no CUDA device. Use device 'cpu' or run on "
+            "a GPU worker."
+        )
+
+
+def _update_state(state: _RunState, record: EpochRecord, config: TrainingConfig) -> bool:
+    """Add ``record`` and update best epoch and early stopping. Return True if it is best."""
+    state.epoch = record.epoch
+    state.history.append(record)
+    if record.val_loss is None:
+        state.best_epoch = record.epoch
+        return True
+    if state.best_val_loss is None or record.val_loss < state.best_val_loss:
+        state.best_val_loss = record.val_loss
+        state.best_epoch = record.epoch
+        state.epochs_without_improvement = 0
+        return True
+    state.epochs_without_improvement += 1
+    patience = config.early_stopping_patience
+    if patience is not None and state.epochs_without_improvement >= patience:
+        state.stopped_early = True
+    return False
+
+
+def _result(state: _RunState, folder: Path, cancelled: bool) -> TrainingResult:
+    best = folder / BEST_MODEL_FILE
+    return TrainingResult(
+        history=tuple(state.history),
+        best_epoch=state.best_epoch,
+        stopped_early=state.stopped_early,
+        cancelled=cancelled,
+        checkpoint_path=best if state.epoch > 0 else None,
+    )
+
+
+def _record_metrics(record: EpochRecord) -> dict[str, float]:
+    return {
+        name: float(value)
+        for name, value in asdict(record).items()
+        if name != "epoch" and value is not None
+    }
+
+
+def _format_optional(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _run_metadata(
+    model: ClassAwareSam, config: TrainingConfig, metadata: ClassAwareMetadata | None
+) -> ClassAwareMetadata:
+    if metadata is None:
+        metadata = ClassAwareMetadata(
+            classes=tuple(ClassSpec(name, "#808080") for name in model.class_names),
+            architecture=model.architecture,
+            mpp=1.0,
+            tile_px=model.image_size,
+        )
+    return replace(metadata, training_config=config.to_dict())
+
+
+def _epoch_model_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.safetensors"
+
+
+def _epoch_optimizer_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}_optimizer.safetensors"
+
+
+def _save_checkpoint(
+    folder: Path,
+    model: ClassAwareSam,
+    optimizer: torch.optim.Optimizer,
+    state: _RunState,
+    config: TrainingConfig,
+    fingerprint: Mapping[str, str],
+    metadata: ClassAwareMetadata,
+    improved: bool,
+) -> None:
+    """Write this epoch's model, optimizer and state, then drop the previous epoch's files.
+
+    The state JSON is renamed into place last, so a crash while writing leaves the
+    previous epoch's complete checkpoint in use.
+    """
+    model_name = _epoch_model_name(state.epoch)
+    optimizer_name = _epoch_optimizer_name(state.epoch)
+    model_sha256 = save_class_aware(model, folder / model_name, metadata)
+    if improved:
+        save_class_aware(model, folder / BEST_MODEL_FILE, metadata)
+
+    tensors = _optimizer_tensors(optimizer)
+    _write_atomically(
+        folder / optimizer_name, lambda temp: save_file(tensors, temp, metadata={"format": "pt"})
+    )
+    document = {
+        "format": STATE_FORMAT,
+        "format_version": STATE_FORMAT_VERSION,
+        "epoch": state.epoch,
+        "optimizer_step": state.optimizer_step,
+        "best_epoch": state.best_epoch,
+        "best_val_loss": state.best_val_loss,
+        "epochs_without_improvement": state.epochs_without_improvement,
+        "stopped_early": state.stopped_early,
+        "history": [asdict(record) for record in state.history],
+        "config": config.to_dict(),
+        "class_names": list(model.class_names),
+        "samples_sha256": dict(fingerprint),
+        "model_file": model_name,
+        "model_sha256": model_sha256,
+        "optimizer_file": optimizer_name,
+        "optimizer_sha256": file_sha256(folder / optimizer_name),
+    }
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    _write_atomically(folder / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
+
+    for old in folder.glob("epoch_*"):
+        if not old.name.startswith(f"epoch_{state.epoch:04d}"):
+            old.unlink(missing_ok=True)
+    logger.debug("Saved checkpoint of epoch %d to %s", state.epoch, folder)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Flatten the optimizer's per-parameter state to ``state.<index>.<name>`` tensors."""
+    tensors = {}
+    for index, values in optimizer.state_dict()["state"].items():
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                value = torch.tensor(value)
+            tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+    return tensors
+
+
+def _resume(
+    folder: Path,
+    model: ClassAwareSam,
+    optimizer: torch.optim.Optimizer,
+    config: TrainingConfig,
+    fingerprint: Mapping[str, str],
+) -> _RunState:
+    """Restore model, optimizer and run state from ``folder``, or start fresh if it has none."""
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return _RunState()
+    try:
+        document = json.loads(state_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"Training state {state_path} cannot be read ({exc}). Delete the folder "
+            f"{folder} to start the run again."
+        ) from exc
+    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{state_path} is not a training state file. Use an empty checkpoint_dir."
+        )
+    _check_same_run(document, state_path, model, config, fingerprint)
+
+    model_path = folder / document["model_file"]
+    optimizer_path = folder / document["optimizer_file"]
+    for path, key in ((model_path, "model_sha256"), (optimizer_path, "optimizer_sha256")):
+        if not path.is_file() or file_sha256(path) != document[key]:
+            raise CheckpointError(
+                f"Checkpoint file {path} named in {state_path} is missing or was changed "
+                f"after the state was written. Delete the folder {folder} to start again."
+            )
+    model.load_state_dict(load_file(model_path), strict=True)
+    model.to(torch.device(config.device))
+    _load_optimizer(optimizer, load_file(optimizer_path))
+
+    history = [EpochRecord(**record) for record in document["history"]]
+    state = _RunState(
+        epoch=document["epoch"],
+        optimizer_step=document["optimizer_step"],
+        history=history,
+        best_epoch=document["best_epoch"],
+        best_val_loss=document["best_val_loss"],
+        epochs_without_improvement=document["epochs_without_improvement"],
+        stopped_early=document["stopped_early"],
+    )
+    logger.info(
+        "Resuming training from %s after epoch %d (optimizer step %d)",
+        folder, state.epoch, state.optimizer_step,
+    )
+    return state
+
+
+def _check_same_run(
+    document: Mapping[str, Any],
+    state_path: Path,
+    model: ClassAwareSam,
+    config: TrainingConfig,
+    fingerprint: Mapping[str, str],
+) -> None:
+    saved_config = document.get("config", {})
+    current = config.to_dict()
+    changed = sorted(
+        name
+        for name in set(saved_config) | set(current)
+        if name not in RESUMABLE_CHANGES and saved_config.get(name) != current.get(name)
+    )
+    if changed:
+        raise SettingsError(
+            f"checkpoint_dir holds a run with different settings ({', '.join(changed)}; "
+            f"see {state_path}). Use a new checkpoint_dir or the saved settings."
+        )
+    if document.get("class_names") != list(model.class_names):
+        raise SettingsError(
+            f"checkpoint_dir holds a run for classes {document.get('class_names')}, but the "
+            f"model has {list(model.class_names)}. Use a new checkpoint_dir."
+        )
+    if document.get("samples_sha256") != dict(fingerprint):
+        raise SettingsError(
+            f"checkpoint_dir holds a run on different training or validation samples "
+            f"(see {state_path}). Use a new checkpoint_dir for new data."
+        )
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    current = optimizer.state_dict()
+    expected = set(range(len(current["param_groups"][0]["params"])))
+    if not set(state) <= expected:
+        raise CheckpointError(
+            f"Optimizer checkpoint has state for parameters {sorted(set(state) - expected)}, "
+            "which the model does not train. Delete the checkpoint folder to start again."
+        )
+    current["state"] = state
+    optimizer.load_state_dict(current)
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary file beside ``target`` and rename it over ``target``."""
+    fd, temp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    temp_path = Path(temp_name)
+    try:
+        write(temp_path)
+        with open(temp_path, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temp_path, target)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
