@@ -62,14 +62,14 @@ from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware
 from ml.training_data import (
     IDENTITY_TRANSFORM,
     AugmentationChoice,
+    PromptItem,
     TrainingSample,
     balanced_class_weights,
+    build_prompt_batch,
     choose_augmentation,
     derive_seed,
-    jittered_box_xyxy,
     model_input_image,
-    model_input_mask,
-    sample_points,
+    prompt_items,
     samples_fingerprint,
 )
 
@@ -227,6 +227,7 @@ class TrainingConfig:
         _check_float("weight_decay", self.weight_decay, 0.0)
         _check_int("warmup_steps", self.warmup_steps, 0)
         _check_int("grad_accumulation", self.grad_accumulation, 1)
+
         _check_int("points_per_instance", self.points_per_instance, 0)
         _check_bool("use_box_prompts", self.use_box_prompts)
         if self.points_per_instance == 0 and not self.use_box_prompts:
@@ -235,6 +236,7 @@ class TrainingConfig:
                 "empty. Set points_per_instance to at least 1 or use_box_prompts to true."
             )
         _check_float("box_jitter_fraction", self.box_jitter_fraction, 0.0, 1.0)
+
         _check_bool("freeze_image_encoder", self.freeze_image_encoder)
         _check_bool("freeze_prompt_encoder", self.freeze_prompt_encoder)
         if not isinstance(self.loss_weights, LossWeights):
@@ -256,6 +258,7 @@ class TrainingConfig:
                 "early_stopping_patience", self.early_stopping_patience, 1,
                 "Use None to turn early stopping off.",
             )
+
         _check_int("seed", self.seed, 0)
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device is {self.device!r}, expected 'cpu' or 'cuda'.")
@@ -451,93 +454,6 @@ def embed_image(
         return model.embed_images(image).float()
 
 
-# ---------------------------------------------------------------------------- batches
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    """One instance of one sample, the unit that becomes a prompt."""
-
-    sample_index: int
-    instance_index: int
-
-
-@dataclass(frozen=True)
-class PromptBatch:
-    """Model inputs and targets for N prompts, on the training device.
-
-    Attributes:
-        point_coords: (N, P, 2) points (x, y) in model-input pixels, or None.
-        point_labels: (N, P) ones, or None.
-        boxes_xyxy: (N, 4) boxes in model-input pixels, or None.
-        target_masks: (N, 1, 4G, 4G) ground truth in 0..1 at the logit resolution.
-        target_classes: (N,) class indices.
-    """
-
-    point_coords: torch.Tensor | None
-    point_labels: torch.Tensor | None
-    boxes_xyxy: torch.Tensor | None
-    target_masks: torch.Tensor
-    target_classes: torch.Tensor
-
-
-def prompt_items(samples: Sequence[TrainingSample]) -> list[PromptItem]:
-    """List every instance of every sample, in sample order."""
-    return [
-        PromptItem(sample_index, instance_index)
-        for sample_index, sample in enumerate(samples)
-        for instance_index in range(sample.num_instances)
-    ]
-
-
-def build_prompt_batch(
-    items: Sequence[PromptItem],
-    samples: Sequence[TrainingSample],
-    transform_ids: Mapping[int, int],
-    rng_seeds: Sequence[int],
-    config: TrainingConfig,
-    image_size: int,
-    logit_size: int,
-    device: torch.device,
-) -> PromptBatch:
-    """Sample the prompts of ``items`` inside their transformed masks.
-
-    Args:
-        transform_ids: Flip and rotation transform of each sample index in this epoch.
-        rng_seeds: One seed per item for its points and box jitter.
-        logit_size: Side 4G of the mask logits, the resolution of the targets.
-    """
-    points, boxes, masks, classes = [], [], [], []
-    for item, item_seed in zip(items, rng_seeds, strict=True):
-        sample = samples[item.sample_index]
-        mask = model_input_mask(
-            sample, item.instance_index, transform_ids[item.sample_index], image_size
-        )
-        rng = np.random.default_rng(item_seed)
-        if config.points_per_instance:
-            points.append(sample_points(mask, config.points_per_instance, rng))
-        if config.use_box_prompts:
-            boxes.append(jittered_box_xyxy(mask, config.box_jitter_fraction, rng))
-        masks.append(mask)
-        classes.append(int(sample.class_indices[item.instance_index]))
-
-    full_masks = torch.from_numpy(np.stack(masks)).unsqueeze(1).float()
-    target_masks = F.interpolate(full_masks, size=(logit_size, logit_size), mode="area")
-    point_coords = torch.from_numpy(np.stack(points)).to(device) if points else None
-    point_labels = (
-        torch.ones(point_coords.shape[:2], dtype=torch.int64, device=device)
-        if point_coords is not None
-        else None
-    )
-    return PromptBatch(
-        point_coords=point_coords,
-        point_labels=point_labels,
-        boxes_xyxy=torch.from_numpy(np.stack(boxes)).to(device) if boxes else None,
-        target_masks=target_masks.to(device),
-        target_classes=torch.tensor(classes, dtype=torch.int64, device=device),
-    )
-
-
 # ---------------------------------------------------------------------------- results
 
 
@@ -580,6 +496,7 @@ class TrainingResult:
             later call with the same folder repeats it.
         checkpoint_path: Model of ``best_epoch`` (``best.safetensors``), loadable with
             ``load_class_aware``. None when no epoch finished.
+        encoder_runs: Images passed through the image encoder during this call.
     """
 
     history: tuple[EpochRecord, ...]
@@ -587,6 +504,7 @@ class TrainingResult:
     stopped_early: bool
     cancelled: bool
     checkpoint_path: Path | None
+    encoder_runs: int = 0
 
 
 @dataclass
@@ -618,7 +536,7 @@ def train(
 ) -> TrainingResult:
     """Fine-tune ``model`` in place, checkpointing every epoch and resuming if possible.
 
-    When ``checkpoint_dir`` holds a checkpoint of the same run (same config apart from
+    When ``checkpoint_dir`` contains a checkpoint of the same run (same config apart from
     ``RESUMABLE_CHANGES``, same samples, same classes), the model and optimizer are
     restored from it and training continues with the next epoch. A finished run returns
     its stored result without training. When the call returns, ``model`` holds the
@@ -690,7 +608,7 @@ def train(
         if epoch_losses is None:
             logger.info("Training cancelled during epoch %d; resuming repeats it", epoch)
             model.eval()
-            return _result(state, folder, cancelled=True)
+            return _result(state, folder, cancelled=True, loop=loop)
         val_loss, val_accuracy = loop.validate()
         record = EpochRecord(
             epoch=epoch,
@@ -723,7 +641,7 @@ def train(
             break
 
     model.eval()
-    return _result(state, folder, cancelled=False)
+    return _result(state, folder, cancelled=False, loop=loop)
 
 
 class _TrainingLoop:
@@ -762,6 +680,13 @@ class _TrainingLoop:
             if config.freeze_image_encoder
             else None
         )
+        self.uncached_encoder_runs = 0
+
+    @property
+    def encoder_runs(self) -> int:
+        """Images passed through the image encoder so far, cached or not."""
+        cached = self.cache.encoder_runs if self.cache is not None else 0
+        return cached + self.uncached_encoder_runs
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Return the bfloat16 autocast context when configured, else a no-op context."""
@@ -926,6 +851,7 @@ class _TrainingLoop:
         images = images.permute(0, 3, 1, 2).float().to(self.device)
         with self.autocast():
             embedded = self.model.embed_images(images)
+        self.uncached_encoder_runs += len(unique)
         position = {index: row for row, index in enumerate(unique)}
         return embedded[[position[item.sample_index] for item in items]]
 
@@ -985,7 +911,9 @@ def _update_state(state: _RunState, record: EpochRecord, config: TrainingConfig)
     return False
 
 
-def _result(state: _RunState, folder: Path, cancelled: bool) -> TrainingResult:
+def _result(
+    state: _RunState, folder: Path, cancelled: bool, loop: _TrainingLoop | None = None
+) -> TrainingResult:
     best = folder / BEST_MODEL_FILE
     return TrainingResult(
         history=tuple(state.history),
@@ -993,6 +921,7 @@ def _result(state: _RunState, folder: Path, cancelled: bool) -> TrainingResult:
         stopped_early=state.stopped_early,
         cancelled=cancelled,
         checkpoint_path=best if state.epoch > 0 else None,
+        encoder_runs=loop.encoder_runs if loop is not None else 0,
     )
 
 
@@ -1164,17 +1093,19 @@ def _check_same_run(
     )
     if changed:
         raise SettingsError(
-            f"checkpoint_dir holds a run with different settings ({', '.join(changed)}; "
-            f"see {state_path}). Use a new checkpoint_dir or the saved settings."
+            f"checkpoint_dir contains a checkpoint with different settings: "
+            f"{', '.join(changed)} (saved in {state_path}). Use a new checkpoint_dir or the "
+            "saved settings."
         )
     if document.get("class_names") != list(model.class_names):
         raise SettingsError(
-            f"checkpoint_dir holds a run for classes {document.get('class_names')}, but the "
+            f"checkpoint_dir contains a checkpoint for classes {document.get('class_names')}, but the "
             f"model has {list(model.class_names)}. Use a new checkpoint_dir."
         )
     if document.get("samples_sha256") != dict(fingerprint):
         raise SettingsError(
-            f"checkpoint_dir holds a run on different training or validation samples "
+            f"checkpoint_dir contains a checkpoint trained on different training or validation "
+            f"samples "
             f"(see {state_path}). Use a new checkpoint_dir for new data."
         )
 

@@ -1,4 +1,4 @@
-"""Training samples, image-level augmentation and prompt sampling for class-aware SAM.
+"""Training samples, image-level augmentation and prompt batches for class-aware SAM.
 
 A ``TrainingSample`` is one image with its instance masks and class indices, from any
 source (tiles of a slide, a test fixture). Before training, each sample is resized so its
@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ml.errors import SettingsError
+
+if TYPE_CHECKING:
+    from ml.training import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class TrainingSample:
                 f"image_rgb has shape {image.shape}, expected (H, W, 3) RGB. Drop any alpha "
                 "channel and pass one image."
             )
+
         masks = self.instance_masks
         if not isinstance(masks, np.ndarray) or masks.dtype != np.bool_:
             raise SettingsError(
@@ -67,6 +75,7 @@ class TrainingSample:
                 f"instance_masks has shape {masks.shape}, expected (K, {image.shape[0]}, "
                 f"{image.shape[1]}) to match image_rgb."
             )
+
         classes = np.asarray(self.class_indices)
         if classes.shape != (masks.shape[0],) or (
             classes.size and not np.issubdtype(classes.dtype, np.integer)
@@ -79,6 +88,7 @@ class TrainingSample:
             raise SettingsError(
                 f"class_indices contains {int(classes.min())}. Class indices start at 0."
             )
+
         empty = [index for index in range(masks.shape[0]) if not masks[index].any()]
         if empty:
             raise SettingsError(
@@ -197,7 +207,7 @@ def resize_and_pad_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
 def model_input_image(
     sample: TrainingSample, choice: AugmentationChoice, image_size: int
 ) -> np.ndarray:
-    """Return the (S, S, 3) uint8 image that the encoder sees for ``choice``."""
+    """Return the (S, S, 3) uint8 image that the encoder receives for ``choice``."""
     image = jitter_colors(sample.image_rgb, choice.color_scales)
     return apply_transform(resize_and_pad_image(image, image_size), choice.transform_id)
 
@@ -273,3 +283,87 @@ def samples_fingerprint(samples: list[TrainingSample]) -> str:
             digest.update(str(array.shape).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One instance of one sample, the unit that becomes a prompt."""
+
+    sample_index: int
+    instance_index: int
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Model inputs and targets for N prompts, on the training device.
+
+    Attributes:
+        point_coords: (N, P, 2) points (x, y) in model-input pixels, or None.
+        point_labels: (N, P) ones, or None.
+        boxes_xyxy: (N, 4) boxes in model-input pixels, or None.
+        target_masks: (N, 1, 4G, 4G) ground truth in 0..1 at the logit resolution.
+        target_classes: (N,) class indices.
+    """
+
+    point_coords: torch.Tensor | None
+    point_labels: torch.Tensor | None
+    boxes_xyxy: torch.Tensor | None
+    target_masks: torch.Tensor
+    target_classes: torch.Tensor
+
+
+def prompt_items(samples: Sequence[TrainingSample]) -> list[PromptItem]:
+    """List every instance of every sample, in sample order."""
+    return [
+        PromptItem(sample_index, instance_index)
+        for sample_index, sample in enumerate(samples)
+        for instance_index in range(sample.num_instances)
+    ]
+
+
+def build_prompt_batch(
+    items: Sequence[PromptItem],
+    samples: Sequence[TrainingSample],
+    transform_ids: Mapping[int, int],
+    rng_seeds: Sequence[int],
+    config: TrainingConfig,
+    image_size: int,
+    logit_size: int,
+    device: torch.device,
+) -> PromptBatch:
+    """Sample the prompts of ``items`` inside their transformed masks.
+
+    Args:
+        transform_ids: Flip and rotation transform of each sample index in this epoch.
+        rng_seeds: One seed per item for its points and box jitter.
+        logit_size: Side 4G of the mask logits, the resolution of the targets.
+    """
+    points, boxes, masks, classes = [], [], [], []
+    for item, item_seed in zip(items, rng_seeds, strict=True):
+        sample = samples[item.sample_index]
+        mask = model_input_mask(
+            sample, item.instance_index, transform_ids[item.sample_index], image_size
+        )
+        rng = np.random.default_rng(item_seed)
+        if config.points_per_instance:
+            points.append(sample_points(mask, config.points_per_instance, rng))
+        if config.use_box_prompts:
+            boxes.append(jittered_box_xyxy(mask, config.box_jitter_fraction, rng))
+        masks.append(mask)
+        classes.append(int(sample.class_indices[item.instance_index]))
+
+    full_masks = torch.from_numpy(np.stack(masks)).unsqueeze(1).float()
+    target_masks = F.interpolate(full_masks, size=(logit_size, logit_size), mode="area")
+    point_coords = torch.from_numpy(np.stack(points)).to(device) if points else None
+    point_labels = (
+        torch.ones(point_coords.shape[:2], dtype=torch.int64, device=device)
+        if point_coords is not None
+        else None
+    )
+    return PromptBatch(
+        point_coords=point_coords,
+        point_labels=point_labels,
+        boxes_xyxy=torch.from_numpy(np.stack(boxes)).to(device) if boxes else None,
+        target_masks=target_masks.to(device),
+        target_classes=torch.tensor(classes, dtype=torch.int64, device=device),
+    )

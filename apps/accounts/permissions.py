@@ -2,12 +2,36 @@
 
 from rest_framework.permissions import BasePermission
 
+# What each permission lets a user do, in the words of the refusal message.
+PERMISSION_WORDS = {
+    "slides.view_slide": "view slides",
+    "slides.add_slide": "import slides",
+    "slides.delete_slide": "delete slides",
+    "annotations.view_instance": "view objects",
+    "annotations.view_proposalrun": "view proposal runs",
+    "annotations.add_proposalrun": "run SAM proposals",
+    "annotations.review_instance": "review objects",
+    "annotations.relabel_instance": "change classes",
+    "annotations.delete_instance": "delete objects",
+    "annotations.export_instances": "export GeoJSON and CSV",
+    "annotations.import_instances": "import annotation files",
+    "annotations.view_evaluationregion": "view evaluation regions",
+    "annotations.add_evaluationregion": "mark evaluation regions",
+    "annotations.delete_evaluationregion": "remove evaluation regions",
+    "review.assign_reviewers": "assign slides to reviewers",
+}
+
+
+def refusal_message(perms) -> str:
+    needed = ", ".join(PERMISSION_WORDS.get(p, p) for p in perms)
+    return f"Your role does not allow this (it needs the right to {needed}). Ask an admin for a role that does."
+
 
 def has_perm(*perms: str) -> type[BasePermission]:
     """Build a DRF permission class that requires a signed-in user holding every ``perms``."""
 
     class HasPerm(BasePermission):
-        message = f"Your role does not allow this (needs {', '.join(perms)})."
+        message = refusal_message(perms)
 
         def has_permission(self, request, view):
             user = request.user

@@ -4,8 +4,8 @@
   draw, relabel) and marks evaluation regions.
 - pathologist: the same, plus assigning slides to reviewers, removing evaluation
   regions and exporting GeoJSON and CSV.
-- admin: everything, including importing slides and annotation files and deleting
-  slides and instances.
+- admin: everything, including importing slides and annotation files, deleting slides
+  and instances, and giving users their roles in the admin site.
 Superusers pass every check regardless of group.
 """
 
@@ -41,6 +41,11 @@ ROLE_PERMISSIONS = {
         "slides.delete_slide",
         "annotations.delete_instance",
         "annotations.import_instances",
+        # Giving users their roles in the admin site (/admin/).
+        "auth.view_user",
+        "auth.add_user",
+        "auth.change_user",
+        "auth.view_group",
     ],
 }
 

@@ -29,6 +29,10 @@ from .models import Instance, InstanceEvent
 logger = logging.getLogger(__name__)
 
 
+class UnknownMappingTargetError(NephrowebError, ValueError):
+    """A mapping sends a file class to a class that is not configured."""
+
+
 class UnknownClassesError(NephrowebError, ValueError):
     """The file uses class names that are neither configured nor mapped."""
 
@@ -36,9 +40,8 @@ class UnknownClassesError(NephrowebError, ValueError):
         listed = ", ".join(f"{name!r} ({count})" for name, count in unknown.items())
         known = ", ".join(c.name for c in configured_classes())
         super().__init__(
-            f"{source}: unknown class names {listed}. Map each to a class ({known}) or to "
-            "nothing to leave those objects out, e.g. --map 'Tumor=' --map 'Glom=glomerulus'. "
-            "Nothing was imported."
+            f"{source}: unknown class names {listed}. Map each name to a class ({known}), "
+            "or leave its objects out. Nothing was imported."
         )
         self.extra = {"unknown_classes": unknown, "known_classes": [c.name for c in configured_classes()]}
 
@@ -87,7 +90,11 @@ def _resolve_classes(annotations: AnnotationFile, mapping: dict[str, str]) -> di
         elif target and target.lower() in by_lower:
             target = by_lower[target.lower()]
         elif target:
-            raise UnknownClassesError(str(annotations.path.name), {f"{name} -> {target}": count})
+            known = ", ".join(c.name for c in configured_classes())
+            raise UnknownMappingTargetError(
+                f"The mapping sends {name!r} to {target!r}, which is not a configured class "
+                f"({known}). Nothing was imported."
+            )
         if target is None:
             unknown[name] = count
         resolved[name] = target

@@ -159,7 +159,8 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
             tissue = detect_tissue(slide_file)
             result = propose(slide_file, loaded.model, run_settings, tissue, progress=report)
         store_proposals(run, result)
-        logger.info("Proposal run %s stored %d proposals", run.pk, result.counts["kept"])
+        stored = ProposalRun.objects.get(pk=run.pk).counts.get("stored", 0)
+        logger.info("Proposal run %s stored %d proposals", run.pk, stored)
     except NephrowebError as exc:
         _fail(run, str(exc))
     except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback

@@ -48,10 +48,17 @@ class SlideListView(APIView):
 
 
 class SlideDetailView(APIView):
-    permission_classes = [has_perm("slides.view_slide")]
+    def get_permissions(self):
+        if self.request.method == "DELETE":
+            return [has_perm("slides.view_slide", "slides.delete_slide")()]
+        return [has_perm("slides.view_slide")()]
 
     def get(self, request, slide_id):
         return Response(SlideSerializer(get_object_or_404(Slide, pk=slide_id)).data)
+
+    def delete(self, request, slide_id):
+        services.delete_slide(get_object_or_404(Slide, pk=slide_id), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TissueView(APIView):

@@ -130,3 +130,23 @@ def store_upload(uploaded_file, *, user=None, **metadata) -> Slide:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def delete_slide(slide, *, user=None) -> None:
+    """Delete a slide record with its instances and runs; remove the file only if uploaded.
+
+    Imported slides stay where they were on the server: the record pointed at them, it
+    did not own them.
+    """
+    uploaded_folder = None
+    if slide.origin == Slide.Origin.UPLOAD:
+        candidate = Path(slide.file_path).parent
+        media_slides = (Path(settings.MEDIA_ROOT) / "slides").resolve()
+        if candidate.resolve().parent == media_slides:
+            uploaded_folder = candidate
+    slide_id = slide.pk
+    with transaction.atomic():
+        slide.delete()
+    if uploaded_folder is not None:
+        shutil.rmtree(uploaded_folder, ignore_errors=True)
+    logger.info("Deleted slide %s (by %s)", slide_id, user)

@@ -177,6 +177,7 @@ export class ReviewSession {
       this.showInfo(direction > 0 ? "This is the last object in the queue." : "This is the first object in the queue.");
       return;
     }
+    this.showInfo("");
     this.select(this.queue.at(target));
   }
 
@@ -206,7 +207,9 @@ export class ReviewSession {
     if (this.current) {
       const index = this.queue.indexOf(this.current.id);
       if (index >= 0) this.cursor = index;
-    } else if (this.queue.length > 0 && !this.startedQueue) {
+    } else if (this.queue.length > 0) {
+      // The first load, or proposals arrived on a slide whose queue was empty.
+      if (this.startedQueue) this.showInfo("");
       this.startedQueue = true;
       this.select(this.queue.at(0));
     } else if (this.queue.length === 0 && !this.startedQueue) {

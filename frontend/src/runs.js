@@ -6,6 +6,9 @@
 import { api } from "./api.js";
 
 const RESYNC_INTERVAL_MS = 3000;
+// While no run is active the panel still looks for runs that other users start: the
+// demo's in-process channel layer cannot carry the worker's progress to this page.
+const IDLE_RESYNC_INTERVAL_MS = 15000;
 const ACTIVE = new Set(["queued", "running"]);
 
 const COUNT_LABELS = {
@@ -36,6 +39,7 @@ export class RunPanel {
     this.message = root.querySelector("#run-message");
     this.counts = root.querySelector("#run-counts");
     this.lastStatus = null;
+    this.lastRunId = null; // null until the first look at the slide's runs
     this.resyncTimer = null;
 
     if (this.button) this.button.addEventListener("click", () => this.start());
@@ -57,16 +61,18 @@ export class RunPanel {
     this.scheduleResync();
   }
 
-  scheduleResync() {
+  scheduleResync(delayMs = RESYNC_INTERVAL_MS) {
     clearTimeout(this.resyncTimer);
-    this.resyncTimer = setTimeout(() => this.resync(), RESYNC_INTERVAL_MS);
+    this.resyncTimer = setTimeout(() => this.resync(), delayMs);
   }
 
   async resync() {
     try {
       const runs = await api.proposalRuns(this.slideId);
       if (runs.length > 0) this.show(runs[0]);
+      else if (this.lastRunId === null) this.lastRunId = 0;
       if (runs.length > 0 && ACTIVE.has(runs[0].status)) this.scheduleResync();
+      else this.scheduleResync(IDLE_RESYNC_INTERVAL_MS);
     } catch (error) {
       this.status.textContent = `Could not load proposal runs: ${error.message}`;
       this.scheduleResync();
@@ -91,10 +97,15 @@ export class RunPanel {
     }
     this.renderCounts(run.counts || {});
     if (active) this.scheduleResync();
-    if (this.lastStatus && ACTIVE.has(this.lastStatus) && run.status === "succeeded") {
+    // A run this page saw running has finished, or one it never saw started and ended
+    // between two looks: either way the slide has new proposals.
+    const unseenRun = this.lastRunId !== null && run.id !== this.lastRunId;
+    const sawItRun = this.lastStatus && ACTIVE.has(this.lastStatus) && run.id === this.lastRunId;
+    if (run.status === "succeeded" && (sawItRun || unseenRun)) {
       this.onRunFinished(run);
     }
     this.lastStatus = run.status;
+    this.lastRunId = run.id;
   }
 
   renderCounts(counts) {

@@ -67,8 +67,11 @@ def test_unclassified_bare_multipolygon_becomes_pending(big_slide, annotations_d
 def test_objects_outside_slide_are_reported(annotations_dir, capsys):
     small = create_slide_record("small", 100, 100, mpp=0.25)
     path = annotations_dir / "asap_xml" / "pathmltut_camelyon16_normal_004_tissue.xml"
-    call_command("import_annotations", str(small.pk), str(path), "--map", "tissue=background",
-                 "--map", "trash=")
+    with pytest.raises(CommandError) as raised:
+        call_command("import_annotations", str(small.pk), str(path), "--map", "tissue=background",
+                     "--map", "trash=")
+    assert raised.value.returncode == 1
+    assert "Nothing from pathmltut_camelyon16_normal_004_tissue.xml was imported" in str(raised.value)
     captured = capsys.readouterr()
     assert "imported 0 objects" in captured.out
     assert "outside the slide" in captured.err
@@ -124,3 +127,11 @@ def test_upload_api_reports_unknown_then_maps(big_slide, client_for, annotations
     assert report["created"] == 2
     assert report["created_per_class"] == {"distal tubule": 2}
     assert set(Instance.objects.values_list("class_name", flat=True)) == {"distal tubule"}
+
+
+def test_mapping_to_unconfigured_class_named(big_slide, annotations_dir):
+    path = annotations_dir / "qupath_geojson" / "luna_test_cell_detections_SEMISYNTHETIC.geojson"
+    with pytest.raises(CommandError) as raised:
+        call_command("import_annotations", str(big_slide.pk), str(path), "--map", "Other=tumour")
+    assert "sends 'Other' to 'tumour', which is not a configured class" in str(raised.value)
+    assert Instance.objects.count() == 0

@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -256,3 +257,25 @@ def test_upload_error_names_users_file(client_for, settings, tmp_path):
     detail = response.json()["detail"]
     assert detail.startswith("my scan.png")
     assert str(tmp_path) not in detail
+
+
+def test_admin_deletes_uploaded_slide_and_its_file(client_for, shared_data, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    client = client_for("admin")
+    content = (shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes()
+    slide_id = _upload(client, "cmu.svs", content).json()["id"]
+    folder = Path(Slide.objects.get(pk=slide_id).file_path).parent
+    assert folder.exists()
+    response = client.delete(f"/api/slides/{slide_id}/")
+    assert response.status_code == 204
+    assert not Slide.objects.filter(pk=slide_id).exists()
+    assert not folder.exists()
+
+
+def test_deleting_imported_slide_keeps_file(client_for, shared_data):
+    path = shared_data / "wsi" / "cmu-1-small-region.svs"
+    call_command("import_slides", str(path))
+    slide = Slide.objects.get()
+    assert client_for("admin").delete(f"/api/slides/{slide.pk}/").status_code == 204
+    assert path.exists()
+    assert Slide.objects.count() == 0

@@ -1,12 +1,13 @@
 """``manage.py import_annotations SLIDE_ID FILE [--map NAME=CLASS ...]``
 
 Prints what was imported per class, and what was left out and why. Exit status 0 after
-an import, 1 when nothing was imported (unreadable file or unmapped class names).
+an import, 1 when nothing was imported (unreadable file, unmapped class names, or every
+object left out or outside the slide).
 """
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.annotations.importing import import_annotations
+from apps.annotations.importing import UnknownClassesError, import_annotations
 from apps.slides.models import Slide
 from ml.annotation_files import read_annotation_file
 from ml.errors import NephrowebError
@@ -42,6 +43,9 @@ class Command(BaseCommand):
         try:
             annotations = read_annotation_file(options["file"])
             report = import_annotations(slide, annotations, user=None, mapping=mapping)
+        except UnknownClassesError as exc:
+            hint = " Use --map 'NAME=CLASS' for each, or --map 'NAME=' to leave them out."
+            raise CommandError(str(exc) + hint, returncode=1) from None
         except NephrowebError as exc:
             raise CommandError(str(exc), returncode=1) from None
         self.stdout.write(
@@ -60,3 +64,5 @@ class Command(BaseCommand):
             self.stdout.write(f"  splines stored as polygons: {report.approximated_splines}")
         for index, reason in report.skipped:
             self.stderr.write(f"  not imported: object {index}: {reason}")
+        if report.created == 0:
+            raise CommandError(f"Nothing from {report.source} was imported.", returncode=1)

@@ -45,7 +45,7 @@ class Command(BaseCommand):
             password_file.chmod(0o600)
         user, _ = get_user_model().objects.get_or_create(username=DEMO_USERNAME)
         user.set_password(password)
-        user.is_staff = True
+        user.is_staff = True  # the admin role uses the admin site to give users roles
         user.save()
         user.groups.add(Group.objects.get(name=ADMIN))
         return password
