@@ -106,3 +106,19 @@ def test_role_against_endpoint(client, make_user, shared_data, role, name):
         assert response.status_code == 404
     else:
         assert response.status_code == 403, response.content[:300]
+
+
+def test_admin_role_manages_users_in_admin_site(client_for):
+    client = client_for("admin")
+    client.defaults["HTTP_HOST"] = "127.0.0.1"
+    user = client.get("/admin/").wsgi_request.user
+    user.is_staff = True
+    user.save()
+    assert client.get("/admin/auth/user/").status_code == 200
+    assert client.get("/admin/slides/slide/").status_code == 200
+
+
+def test_annotator_sees_no_admin_site(client_for):
+    client = client_for("annotator")
+    response = client.get("/admin/auth/user/")
+    assert response.status_code == 302
