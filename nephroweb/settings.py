@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "apps.slides",
     "apps.annotations",
     "apps.review",
+    "apps.training",
 ]
 
 MIDDLEWARE = [
@@ -222,7 +223,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # GPU work (proposals, segmentation, training) goes to its own queue so GPU workers
 # take only that; light work stays on "default".
-CELERY_TASK_ROUTES = {"apps.annotations.tasks.run_proposals": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "apps.annotations.tasks.run_proposals": {"queue": "gpu"},
+    "apps.training.tasks.run_training": {"queue": "gpu"},
+}
 CELERY_TASK_ALWAYS_EAGER = False
 
 # Tiles: large-image keeps its own cache. A Redis URL here should point at a Redis

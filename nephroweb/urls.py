@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("apps.slides.urls")),
     path("", include("apps.annotations.urls")),
     path("", include("apps.review.urls")),
+    path("", include("apps.training.urls")),
 ]

@@ -5,7 +5,7 @@
 - pathologist: the same, plus assigning slides to reviewers, removing evaluation
   regions and exporting GeoJSON and CSV.
 - admin: everything, including importing slides and annotation files, deleting slides
-  and instances, and giving users their roles in the admin site.
+  and instances, training model versions, and giving users their roles in the admin site.
 Superusers pass every check regardless of group.
 """
 
@@ -41,6 +41,7 @@ ROLE_PERMISSIONS = {
         "slides.delete_slide",
         "annotations.delete_instance",
         "annotations.import_instances",
+        "training.train_models",
         # Giving users their roles in the admin site (/admin/).
         "auth.view_user",
         "auth.add_user",

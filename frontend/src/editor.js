@@ -182,7 +182,10 @@ export class Editor {
     } else if (this.mode === "sam-point") {
       this.actions.promptSam({ point_level0: level0.map((v) => Math.round(v)) });
     } else {
-      const hit = this.overlay.hitTest(x, y);
+      // A click on the selected object selects the next object stacked under the point.
+      const hits = this.overlay.hitTestAll(x, y);
+      const selected = this.overlay.current ? hits.findIndex((f) => f.id === this.overlay.current.id) : -1;
+      const hit = hits.length > 0 ? hits[(selected + 1) % hits.length] : null;
       if (hit) this.actions.select({ id: hit.id, geometry: hit.geometry, properties: hit.properties });
     }
   }

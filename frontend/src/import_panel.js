@@ -66,7 +66,8 @@ export class ImportPanel {
   }
 
   showReport(report) {
-    this.message.textContent = `Imported ${report.created} objects from ${report.source}.`;
+    const noun = report.created === 1 ? "object" : "objects";
+    this.message.textContent = `Imported ${report.created} ${noun} from ${report.source}.`;
     const lines = [
       ...Object.entries(report.created_per_class).map(([name, n]) => `${name}: ${n}`),
       ...Object.entries(report.left_out_by_mapping).map(([name, n]) => `left out (${name}): ${n}`),

@@ -320,11 +320,17 @@ export class InstanceOverlay {
     context.stroke(this.current.path);
   }
 
-  // The smallest visible object under a screen point, or null. Hit tests use Path2D under
-  // the same level-0 to screen transform as drawing, with a few pixels of tolerance on
-  // the outline so that thin objects can be picked.
+  // The smallest visible object under a screen point, or null.
   hitTest(screenX, screenY) {
-    if (!this.visible) return null;
+    return this.hitTestAll(screenX, screenY)[0] || null;
+  }
+
+  // Every visible object under a screen point, smallest first (ties by id), so repeated
+  // clicks can step through stacked objects. Hit tests use Path2D under the same level-0
+  // to screen transform as drawing, with a few pixels of tolerance on the outline so that
+  // thin objects can be picked.
+  hitTestAll(screenX, screenY) {
+    if (!this.visible) return [];
     const ratio = window.devicePixelRatio || 1;
     const view = this.view();
     const [x, y] = view.toLevel0(screenX, screenY);
@@ -333,8 +339,7 @@ export class InstanceOverlay {
     context.save();
     view.applyTo(context, ratio);
     context.lineWidth = (2 * HIT_TOLERANCE_PX) / view.scale;
-    let best = null;
-    let bestArea = Infinity;
+    const hits = [];
     const candidates = [...this.features.values()];
     if (this.current && !this.features.has(this.current.id)) candidates.push(this.current);
     for (const feature of candidates) {
@@ -343,13 +348,10 @@ export class InstanceOverlay {
       const inside =
         context.isPointInPath(feature.path, screenX * ratio, screenY * ratio, "evenodd") ||
         context.isPointInStroke(feature.path, screenX * ratio, screenY * ratio);
-      const area = (x1 - x0) * (y1 - y0);
-      if (inside && area < bestArea) {
-        best = feature;
-        bestArea = area;
-      }
+      if (inside) hits.push({ feature, area: (x1 - x0) * (y1 - y0) });
     }
     context.restore();
-    return best;
+    hits.sort((a, b) => a.area - b.area || a.feature.id - b.feature.id);
+    return hits.map((hit) => hit.feature);
   }
 }

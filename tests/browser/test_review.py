@@ -299,3 +299,32 @@ def test_two_reviewers_live_change_and_conflict(
         assert events == [("relabel", "anna")]
     finally:
         context_b.close()
+
+
+def _slide_with_stacked_squares(make_user, shared_data):
+    make_user("annotator", username="sam", password=PASSWORD)
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    ids = {}
+    for name, (x0, y0, side), iou in (("small", (850, 1250, 100), 0.5), ("large", (800, 1200, 200), 0.9)):
+        row = instance_row(
+            Polygon([(x0, y0), (x0 + side, y0), (x0 + side, y0 + side), (x0, y0 + side)]),
+            slide=slide, mpp=slide.mpp, source=Instance.Source.SAM, predicted_iou=iou,
+        )
+        row.save()
+        ids[name] = row.pk
+    return slide.pk, ids
+
+
+def test_click_steps_through_stacked_objects(live_product, browser_page, make_user, shared_data):
+    slide_id, ids = in_thread(_slide_with_stacked_squares, make_user, shared_data)
+    page = browser_page
+    sign_in(page, live_product, "sam")
+    _open_slide(page, live_product, slide_id)
+    _wait_for_current(page, ids["small"])
+    _wait_until_centred_on(page, 900, 1300)
+    x, y, _ = _screen_point(page, 900, 1300)
+    page.mouse.click(x, y)
+    _wait_for_current(page, ids["large"])
+    page.mouse.click(x, y)
+    _wait_for_current(page, ids["small"])

@@ -1,0 +1,355 @@
+"""Model versions: start, execute in a worker, and cancel them, with progress sent over Channels."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from ml.errors import NephrowebError, SettingsError
+
+from . import snapshots
+from .models import ModelVersion, TrainingSnapshot
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 300
+LEASE_RENEW_INTERVAL_S = 30.0
+TRAINING_GROUP = "training"
+# SAM's input side: a crop of this size reaches the image encoder without resizing.
+DEFAULT_CROP_PX = 1024
+FINAL_STATES = (
+    ModelVersion.Status.SUCCEEDED, ModelVersion.Status.FAILED, ModelVersion.Status.CANCELLED
+)
+
+
+class TrainingStateError(NephrowebError):
+    """The requested change does not fit the model version's current status."""
+
+    status_code = 409
+
+
+def training_config(overrides: dict | None = None):
+    """Validate ``overrides`` against TrainingConfig and return the config.
+
+    Raises:
+        SettingsError: A key is unknown or a value is invalid. The message names the field.
+    """
+    from ml.training import TrainingConfig
+
+    return TrainingConfig.from_dict(dict(overrides or {}))
+
+
+def versions_dir(version_id: int) -> Path:
+    """Return the checkpoint folder of a version, NEPHROWEB_DATA_DIR/training/versions/<id>."""
+    return Path(settings.DATA_DIR) / "training" / "versions" / str(version_id)
+
+
+def start_training(
+    snapshot: TrainingSnapshot,
+    user=None,
+    base_checkpoint: str | None = None,
+    config_overrides: dict | None = None,
+    *,
+    name: str = "",
+    mpp: float | None = None,
+    crop_px: int | None = None,
+    enqueue: bool = True,
+) -> ModelVersion:
+    """Create a queued model version and enqueue its task once the row is committed.
+
+    ``config_overrides`` are TrainingConfig fields. Without a "device" the worker trains
+    on CUDA when it has a GPU and on the CPU otherwise. ``mpp`` defaults to the proposal
+    working mpp and ``crop_px`` to 1024.
+
+    Raises:
+        SettingsError: A config field, ``mpp`` or ``crop_px`` is invalid.
+    """
+    overrides = dict(config_overrides or {})
+    config = training_config(overrides)
+    mpp = float(settings.NEPHROWEB_PROPOSALS["mpp"]) if mpp is None else mpp
+    crop_px = DEFAULT_CROP_PX if crop_px is None else crop_px
+    if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0.05 <= mpp <= 50:
+        raise SettingsError(f"mpp is {mpp!r}, expected microns per pixel from 0.05 to 50.")
+    if isinstance(crop_px, bool) or not isinstance(crop_px, int) or not 16 <= crop_px <= 4096:
+        raise SettingsError(f"crop_px is {crop_px!r}, expected a whole number from 16 to 4096.")
+    with transaction.atomic():
+        version = ModelVersion.objects.create(
+            name=name or "",
+            snapshot=snapshot,
+            base_checkpoint=base_checkpoint or "",
+            config=config.to_dict(),
+            device_auto="device" not in overrides,
+            mpp=float(mpp),
+            crop_px=crop_px,
+            class_names=list(snapshot.class_names),
+            created_by=user,
+        )
+        if not version.name:
+            version.name = f"model-{version.pk}"
+            version.save(update_fields=["name"])
+        if enqueue:
+            from .tasks import run_training
+
+            transaction.on_commit(lambda: run_training.delay(version.pk))
+    logger.info("Queued training of model version %s on snapshot %s", version.pk, snapshot.pk)
+    return version
+
+
+def cancel_training(version: ModelVersion) -> ModelVersion:
+    """Ask a queued or running version to stop.
+
+    A queued version is cancelled at once. A running one stops before its next batch,
+    and its worker then sets the status to cancelled.
+
+    Raises:
+        TrainingStateError: The version has already finished (status 409).
+    """
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        if version.status in FINAL_STATES:
+            raise TrainingStateError(
+                f"Model version {version.pk} has already finished ({version.status}). "
+                "Only queued or running versions can be cancelled."
+            )
+        version.cancel_requested = True
+        fields = ["cancel_requested"]
+        if version.status == ModelVersion.Status.QUEUED:
+            version.status = ModelVersion.Status.CANCELLED
+            version.finished_at = timezone.now()
+            fields += ["status", "finished_at"]
+        version.save(update_fields=fields)
+    publish_version(version)
+    return version
+
+
+# ---------------------------------------------------------------------------- lease
+
+
+def _acquire_lease(version_id: int, owner: str) -> bool:
+    now = timezone.now()
+    updated = ModelVersion.objects.filter(
+        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner),
+        pk=version_id,
+    ).update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_S))
+    return updated == 1
+
+
+def _renew_lease(version_id: int, owner: str) -> None:
+    ModelVersion.objects.filter(pk=version_id, lease_owner=owner).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=LEASE_S)
+    )
+
+
+def _release_lease(version_id: int, owner: str) -> None:
+    ModelVersion.objects.filter(pk=version_id, lease_owner=owner).update(
+        lease_owner="", lease_expires_at=None
+    )
+
+
+# ---------------------------------------------------------------------------- execute
+
+
+def program_version() -> str:
+    """Return the nephroweb version recorded with trained models: the git commit, if known."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=settings.BASE_DIR,
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"git-{commit}" if commit else "unknown"
+
+
+def execute_training(
+    version_id: int,
+    *,
+    owner: str,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> ModelVersion | None:
+    """Train a queued model version to the end; idempotent and safe against re-delivery.
+
+    Returns None when another worker holds the version's lease. A finished version
+    (succeeded, failed or cancelled) is returned as it is. A running version whose
+    worker died resumes after its last finished epoch from its checkpoint folder.
+    ``on_epoch`` is called with each new epoch's metrics. Failures are stored on the
+    version with a message for the user.
+    """
+    if not _acquire_lease(version_id, owner):
+        logger.info("Model version %s is leased by another worker, so this delivery skips it", version_id)
+        return None
+    version = ModelVersion.objects.select_related("snapshot").get(pk=version_id)
+    try:
+        if version.status in FINAL_STATES:
+            logger.info("Model version %s is already %s, so there is nothing to do", version_id, version.status)
+            return version
+        if version.cancel_requested:
+            _finish(version, ModelVersion.Status.CANCELLED, "Cancelled before training started.")
+        else:
+            _train(version, owner, on_epoch)
+    except NephrowebError as exc:
+        _finish(version, ModelVersion.Status.FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
+        logger.exception("Model version %s failed", version_id)
+        _finish(
+            version, ModelVersion.Status.FAILED,
+            f"Internal error ({type(exc).__name__}); the worker log has the details.",
+        )
+    finally:
+        _release_lease(version_id, owner)
+    version.refresh_from_db()
+    publish_version(version)
+    return version
+
+
+def _train(version: ModelVersion, owner: str, on_epoch) -> None:
+    """Load the base SAM and the snapshot's crops, train, and store the outcome."""
+    import torch
+
+    from apps.annotations.services import load_model, resolve_checkpoint_for
+    from ml.class_aware import from_sam
+    from ml.model_files import ClassAwareMetadata, ClassSpec
+    from ml.training import TrainingConfig, train
+
+    version.status = ModelVersion.Status.RUNNING
+    version.started_at = version.started_at or timezone.now()
+    version.message = ""
+    version.save(update_fields=["status", "started_at", "message"])
+    publish_version(version)
+
+    config = TrainingConfig.from_dict(version.config)
+    if version.device_auto:
+        config = replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
+    # NOTE: the base must be a SAM checkpoint in Meta's format. Continuing from an earlier
+    # class-aware model version (.safetensors) is not supported yet.
+    checkpoint = resolve_checkpoint_for(settings.NEPHROWEB_SAM_TYPE, version.base_checkpoint)
+    loaded = load_model(checkpoint, None)
+    version.base_checkpoint = str(checkpoint)
+    version.base_checkpoint_sha256 = loaded.sha256 or ""
+
+    samples = snapshots.training_samples(version.snapshot, version.mpp, version.crop_px)
+    if not samples.train:
+        raise SettingsError(
+            f"Snapshot {version.snapshot_id} has no training samples, because every annotation is "
+            "on a validation patient or has no pixel at the working mpp. Take a snapshot with "
+            "a smaller validation_fraction or more annotated patients."
+        )
+    if not samples.validation and config.early_stopping_patience is not None:
+        logger.warning(
+            "Model version %s has no validation samples; early stopping is turned off",
+            version.pk,
+        )
+        config = replace(config, early_stopping_patience=None)
+    version.config = config.to_dict()
+    version.save(update_fields=["config", "base_checkpoint", "base_checkpoint_sha256"])
+
+    model, _ = from_sam(loaded.model, version.class_names)
+    colors = snapshots.class_colors()
+    metadata = ClassAwareMetadata(
+        classes=tuple(ClassSpec(name, colors.get(name, "#808080")) for name in model.class_names),
+        architecture=model.architecture,
+        mpp=version.mpp,
+        tile_px=version.crop_px,
+        training_config=config.to_dict(),
+        data_snapshot_id=f"snapshot-{version.snapshot_id}",
+        program_version=program_version(),
+    )
+
+    last_renewal = [time.monotonic()]
+
+    def progress(epoch: int, optimizer_step: int, metrics) -> None:
+        now = time.monotonic()
+        epoch_end = "train_loss" in metrics
+        if epoch_end or now - last_renewal[0] >= LEASE_RENEW_INTERVAL_S:
+            last_renewal[0] = now
+            _renew_lease(version.pk, owner)
+        if not epoch_end:
+            return
+        record = {"epoch": epoch, **{key: float(value) for key, value in metrics.items()}}
+        version.metrics = [row for row in version.metrics if row["epoch"] < epoch] + [record]
+        ModelVersion.objects.filter(pk=version.pk).update(metrics=version.metrics)
+        publish_version(version)
+        if on_epoch is not None:
+            on_epoch(record)
+
+    def should_stop() -> bool:
+        return ModelVersion.objects.filter(pk=version.pk, cancel_requested=True).exists()
+
+    result = train(
+        model, samples.train, samples.validation, config, versions_dir(version.pk),
+        progress=progress, should_stop=should_stop, metadata=metadata,
+    )
+    version.metrics = [_epoch_row(record) for record in result.history]
+    version.best_epoch = result.best_epoch
+    if result.cancelled:
+        version.save(update_fields=["metrics", "best_epoch"])
+        _finish(version, ModelVersion.Status.CANCELLED, "Cancelled during training.")
+        return
+    from ml.checkpoints import file_sha256
+
+    version.weights_path = str(result.checkpoint_path)
+    version.weights_sha256 = file_sha256(result.checkpoint_path)
+    version.status = ModelVersion.Status.SUCCEEDED
+    version.finished_at = timezone.now()
+    version.save(update_fields=[
+        "metrics", "best_epoch", "weights_path", "weights_sha256", "status", "finished_at",
+    ])
+    logger.info(
+        "Model version %s succeeded: best epoch %d, weights %s",
+        version.pk, version.best_epoch, version.weights_path,
+    )
+
+
+def _epoch_row(record) -> dict:
+    from dataclasses import asdict
+
+    return {key: value for key, value in asdict(record).items() if value is not None}
+
+
+def _finish(version: ModelVersion, status: str, message: str) -> None:
+    log = logger.warning if status == ModelVersion.Status.FAILED else logger.info
+    log("Model version %s %s: %s", version.pk, status, message)
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=status, message=message, finished_at=timezone.now()
+    )
+
+
+# ---------------------------------------------------------------------------- events
+
+
+def version_payload(version: ModelVersion) -> dict:
+    """Return the progress message of a version: its status and per-epoch metrics."""
+    return {
+        "id": version.pk,
+        "name": version.name,
+        "status": version.status,
+        "snapshot": version.snapshot_id,
+        "metrics": version.metrics,
+        "best_epoch": version.best_epoch,
+        "message": version.message,
+    }
+
+
+def publish_version(version: ModelVersion) -> None:
+    """Send the version's state to the "training" group (best effort: the API is the truth)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(
+            TRAINING_GROUP, {"type": "training.progress", "version": version_payload(version)}
+        )
+    except Exception:  # noqa: BLE001  a lost event is recovered by the browser's resync
+        logger.warning("Could not publish progress of model version %s", version.pk, exc_info=True)

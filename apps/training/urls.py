@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("api/training/snapshots/", api.SnapshotListView.as_view(), name="api-training-snapshots"),
+    path("api/training/versions/", api.ModelVersionListView.as_view(), name="api-training-versions"),
+    path(
+        "api/training/versions/<int:version_id>/",
+        api.ModelVersionDetailView.as_view(),
+        name="api-training-version",
+    ),
+    path(
+        "api/training/versions/<int:version_id>/cancel/",
+        api.ModelVersionCancelView.as_view(),
+        name="api-training-version-cancel",
+    ),
+]

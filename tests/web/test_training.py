@@ -1,0 +1,303 @@
+"""Training: snapshots of reviewed annotations, crops, model versions, the API and the command.
+
+The slide is the real cmu-1-small-region.svs (2220 x 2967 level-0 px at 0.499 um/px). The
+model is the tiny random SAM of tests/sam_factory.py, so training shows that the pipeline
+runs end to end, not that the model learns.
+"""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from shapely.geometry import box
+
+from apps.annotations.geometry import instance_row
+from apps.training import services, snapshots
+from apps.training.models import ModelVersion, SnapshotInstance
+from ml.model_files import load_class_aware
+from tests.conftest import create_slide_record
+
+pytestmark = pytest.mark.django_db
+
+SLIDE_MPP = 0.499
+CROP_PX = 128
+WORKING_MPP = 1.0
+FAST_CONFIG = {"batch_size": 4, "warmup_steps": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    return tmp_path
+
+
+def _slide(shared_data, name, patient_id):
+    return create_slide_record(
+        name=name, width_px=2220, height_px=2967, mpp=SLIDE_MPP, patient_id=patient_id,
+        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
+    )
+
+
+def _instance(slide, level0_box, class_name, review_state="accepted"):
+    row = instance_row(
+        box(*level0_box), slide=slide, mpp=SLIDE_MPP, source="drawn", class_name=class_name,
+        review_state=review_state,
+    )
+    row.save()
+    return row
+
+
+@pytest.fixture
+def annotated(shared_data):
+    """Create two patients' slides with included and excluded rows and return the rows by name."""
+    slide_a = _slide(shared_data, "a", "P1")
+    slide_b = _slide(shared_data, "b", "P2")
+    return {
+        "a1": _instance(slide_a, (300, 300, 340, 340), "glomerulus"),
+        # Close enough to a1 that every crop of a1 contains it.
+        "a2": _instance(slide_a, (345, 300, 385, 340), "vessel", review_state="edited"),
+        "pending": _instance(slide_a, (500, 500, 540, 540), "glomerulus", review_state="pending"),
+        "rejected": _instance(slide_a, (600, 600, 640, 640), "vessel", review_state="rejected"),
+        "unspecified": _instance(slide_a, (700, 700, 740, 740), "unspecified tubule"),
+        "classless": _instance(slide_a, (800, 800, 840, 840), ""),
+        "b1": _instance(slide_b, (1000, 1000, 1050, 1050), "proximal tubule"),
+        "b2": _instance(slide_b, (1200, 1200, 1240, 1240), "distal tubule"),
+    }
+
+
+def test_snapshot_selects_reviewed_rows_of_trainable_classes(annotated, make_user):
+    snapshot = snapshots.build_snapshot(make_user("admin"), seed=3, validation_fraction=0.5)
+
+    items = {item.instance_ref: item for item in snapshot.items.all()}
+    expected = {annotated[name].pk for name in ("a1", "a2", "b1", "b2")}
+    assert set(items) == expected
+    assert "unspecified tubule" not in snapshot.class_names
+    assert snapshot.class_counts == {
+        "proximal tubule": 1, "distal tubule": 1, "atrophic tubule": 0, "glomerulus": 1,
+        "sclerotic glomerulus": 0, "vessel": 1, "background": 0,
+    }
+    assert all(items[ref].version == 1 for ref in expected)
+    # One patient on each side, never both.
+    assert sorted(snapshot.train_patients + snapshot.validation_patients) == [
+        "patient:P1", "patient:P2"
+    ]
+    assert len(snapshot.validation_patients) == 1
+    for item in items.values():
+        side = "validation" if item.patient in snapshot.validation_patients else "train"
+        assert item.split == side
+
+
+def test_snapshot_split_repeats_for_the_same_seed(annotated):
+    first = snapshots.build_snapshot(None, seed=7, validation_fraction=0.5)
+    second = snapshots.build_snapshot(None, seed=7, validation_fraction=0.5)
+    assert first.validation_patients == second.validation_patients
+
+
+def test_snapshot_keeps_the_version_it_saw(annotated):
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    a2 = annotated["a2"]
+    a2.geometry = box(345, 300, 395, 350).__geo_interface__
+    a2.version = 2
+    a2.save()
+
+    item = snapshot.items.get(instance_ref=a2.pk)
+    assert item.version == 1
+    assert item.x_max_level0 == 385
+    assert snapshot.train_patients == ["patient:P1", "patient:P2"]
+    assert snapshot.validation_patients == []
+
+
+def test_crops_contain_object_and_neighbours(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+
+    first = snapshots.training_samples(snapshot, WORKING_MPP, CROP_PX)
+
+    assert (first.crops_read, first.crops_cached) == (4, 0)
+    assert len(first.train) == 4
+    assert first.validation == []
+    a1_sample = first.train[0]
+    assert a1_sample.image_rgb.shape == (CROP_PX, CROP_PX, 3)
+    # Targets of a1's crop: a1 itself and its neighbour a2, nothing unreviewed.
+    names = snapshot.class_names
+    assert a1_sample.class_indices.tolist() == [names.index("glomerulus"), names.index("vessel")]
+    own = a1_sample.instance_masks[0]
+    rows, cols = np.nonzero(own)
+    assert rows.min() > 0
+    assert cols.min() > 0
+    assert rows.max() < CROP_PX - 1
+    assert cols.max() < CROP_PX - 1
+    assert 350 <= own.sum() <= 450  # 40 level-0 px at 0.499 um/px is about 20 x 20 px
+    assert len(list((data_dir / "training" / "crops").glob("*.npz"))) == 4
+
+    second = snapshots.training_samples(snapshot, WORKING_MPP, CROP_PX)
+    assert (second.crops_read, second.crops_cached) == (0, 4)
+    assert np.array_equal(second.train[0].image_rgb, a1_sample.image_rgb)
+    assert np.array_equal(second.train[0].instance_masks, a1_sample.instance_masks)
+
+    _instance(annotated["b1"].slide, (1100, 1100, 1140, 1140), "glomerulus")
+    child = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0, parent=snapshot)
+    third = snapshots.training_samples(child, WORKING_MPP, CROP_PX)
+    assert (third.crops_read, third.crops_cached) == (1, 4)
+
+
+def test_train_command_end_to_end(annotated, data_dir, settings, tiny_checkpoint):
+    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    out = io.StringIO()
+
+    call_command(
+        "train", "--snapshot", str(snapshot.pk), "--epochs", "2", "--crop-px", str(CROP_PX),
+        "--mpp", str(WORKING_MPP), "--config-json", json.dumps(FAST_CONFIG), stdout=out,
+    )
+
+    version = ModelVersion.objects.get(snapshot=snapshot)
+    assert version.status == ModelVersion.Status.SUCCEEDED, version.message
+    assert [row["epoch"] for row in version.metrics] == [1, 2]
+    assert all("train_loss" in row for row in version.metrics)
+    assert all("val_loss" in row for row in version.metrics)
+    assert version.best_epoch in (1, 2)
+    assert version.weights_path.endswith("best.safetensors")
+    model, metadata = load_class_aware(version.weights_path)
+    assert model.class_names == tuple(snapshot.class_names)
+    assert metadata.class_names == tuple(snapshot.class_names)
+    assert metadata.data_snapshot_id == f"snapshot-{snapshot.pk}"
+    assert metadata.tile_px == CROP_PX
+    assert metadata.mpp == WORKING_MPP
+    printed = out.getvalue()
+    assert "epoch 1: train_loss" in printed
+    assert "epoch 2: train_loss" in printed
+    assert version.weights_path in printed
+
+    # A re-delivered task finds the version finished and changes nothing.
+    before = ModelVersion.objects.filter(pk=version.pk).values().get()
+    again = services.execute_training(version.pk, owner="second-delivery")
+    after = ModelVersion.objects.filter(pk=version.pk).values().get()
+    assert again.status == ModelVersion.Status.SUCCEEDED
+    assert {k: v for k, v in after.items() if not k.startswith("lease_")} == {
+        k: v for k, v in before.items() if not k.startswith("lease_")
+    }
+
+
+def test_train_command_fails_with_reason_on_bad_config(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    with pytest.raises(CommandError, match="epochs is 0"):
+        call_command("train", "--snapshot", str(snapshot.pk), "--epochs", "0")
+    assert not ModelVersion.objects.exists()
+
+
+def test_cancel_requested_before_the_run_cancels(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    version = services.start_training(snapshot, None, config_overrides=FAST_CONFIG, enqueue=False)
+    ModelVersion.objects.filter(pk=version.pk).update(cancel_requested=True)
+
+    version = services.execute_training(version.pk, owner="worker")
+
+    assert version.status == ModelVersion.Status.CANCELLED
+    assert version.metrics == []
+    assert version.weights_path == ""
+    assert version.lease_owner == ""
+
+
+def test_api_snapshot_and_version_flow(annotated, client_for):
+    client = client_for("admin")
+
+    response = client.post(
+        "/api/training/snapshots/", {"seed": 2, "validation_fraction": 0.5},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    snapshot = response.json()
+    assert snapshot["instance_count"] == 4
+    assert snapshot["class_counts"]["glomerulus"] == 1
+    assert SnapshotInstance.objects.filter(snapshot_id=snapshot["id"]).count() == 4
+
+    response = client.post(
+        "/api/training/versions/",
+        {"snapshot": snapshot["id"], "config": {"epochs": 3}, "crop_px": 256},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    version = response.json()
+    assert (version["status"], version["config"]["epochs"], version["crop_px"]) == (
+        "queued", 3, 256
+    )
+    assert version["device_auto"] is True
+
+    detail = client.get(f"/api/training/versions/{version['id']}/").json()
+    assert detail["metrics"] == []
+    assert detail["class_names"] == snapshot["class_names"]
+    assert [row["id"] for row in client.get("/api/training/versions/").json()] == [version["id"]]
+
+    cancelled = client.post(f"/api/training/versions/{version['id']}/cancel/")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/api/training/versions/{version['id']}/cancel/")
+    assert again.status_code == 409
+    assert "already finished" in again.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("config", "field_name"),
+    [({"epochs": 0}, "epochs"), ({"learning_rate": "fast"}, "learning_rate"),
+     ({"epoch": 2}, "epoch")],
+)
+def test_api_rejects_bad_config_naming_the_field(annotated, client_for, config, field_name):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    response = client.post(
+        "/api/training/versions/", {"snapshot": snapshot.pk, "config": config},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert field_name in response.json()["detail"]
+    assert not ModelVersion.objects.exists()
+
+
+def test_api_snapshot_without_annotations_is_rejected(client_for):
+    response = client_for("admin").post(
+        "/api/training/snapshots/", {"seed": 0}, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "no accepted or edited annotations" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("role", ["annotator", "pathologist"])
+def test_only_admins_may_train(annotated, client_for, role):
+    client = client_for(role)
+    response = client.post("/api/training/snapshots/", {"seed": 0}, content_type="application/json")
+    assert response.status_code == 403
+    assert client.get("/api/training/versions/").status_code == 403
+
+
+def test_cancel_during_training_stops_after_the_current_epoch(
+    annotated, data_dir, settings, tiny_checkpoint
+):
+    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    version = services.start_training(
+        snapshot, None, config_overrides={**FAST_CONFIG, "epochs": 3}, mpp=WORKING_MPP,
+        crop_px=CROP_PX, enqueue=False,
+    )
+
+    def cancel_after_first_epoch(record):
+        services.cancel_training(ModelVersion.objects.get(pk=version.pk))
+
+    version = services.execute_training(
+        version.pk, owner="worker", on_epoch=cancel_after_first_epoch
+    )
+
+    assert version.status == ModelVersion.Status.CANCELLED
+    assert [row["epoch"] for row in version.metrics] == [1]
+    assert version.weights_path == ""
+
+
+def test_version_leased_by_another_worker_is_skipped(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    version = services.start_training(snapshot, None, enqueue=False)
+    assert services._acquire_lease(version.pk, "first-worker")
+
+    assert services.execute_training(version.pk, owner="second-worker") is None
+    version.refresh_from_db()
+    assert (version.status, version.lease_owner) == ("queued", "first-worker")
