@@ -19,6 +19,7 @@ PERMISSION_WORDS = {
     "annotations.add_evaluationregion": "mark evaluation regions",
     "annotations.delete_evaluationregion": "remove evaluation regions",
     "review.assign_reviewers": "assign slides to reviewers",
+    "training.train_models": "train models",
 }
 
 
