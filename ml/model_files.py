@@ -176,12 +176,12 @@ def save_class_aware(
 
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(weights, lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
+    write_atomically(weights, lambda temp: save_file(tensors, temp, metadata={"format": "pt"}))
     sha256 = file_sha256(weights)
 
     document = _metadata_to_json(metadata, weights.name, sha256)
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    _write_atomically(json_path, lambda temp: temp.write_text(text, encoding="utf-8"))
+    write_atomically(json_path, lambda temp: temp.write_text(text, encoding="utf-8"))
     logger.info(
         "Saved class-aware SAM %s with %d classes (sha256 %s) and metadata %s",
         weights, len(metadata.classes), sha256, json_path,
@@ -246,7 +246,7 @@ def load_class_aware(
     return LoadedClassAwareSam(model, metadata)
 
 
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
     """Call ``write`` on a temporary file beside ``target``, fsync it and rename it over."""
     fd, temp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)

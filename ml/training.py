@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -58,7 +57,7 @@ from safetensors.torch import load_file, save_file
 from ml.checkpoints import file_sha256
 from ml.class_aware import ClassAwareSam, DecoderOutput, set_trainable
 from ml.errors import CheckpointError, NephrowebError, SettingsError
-from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware
+from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware, write_atomically
 # AugmentConfig is imported for callers that take every training name from this module.
 from ml.training_config import AugmentConfig, LossWeights, TrainingConfig, learning_rate_at  # noqa: F401
 from ml.training_data import (
@@ -766,7 +765,7 @@ def _save_checkpoint(
         save_class_aware(model, folder / BEST_MODEL_FILE, metadata)
 
     tensors = _optimizer_tensors(optimizer)
-    _write_atomically(
+    write_atomically(
         folder / optimizer_name, lambda temp: save_file(tensors, temp, metadata={"format": "pt"})
     )
     document = {
@@ -788,7 +787,7 @@ def _save_checkpoint(
         "optimizer_sha256": file_sha256(folder / optimizer_name),
     }
     text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    _write_atomically(folder / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
+    write_atomically(folder / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
 
     for old in folder.glob("epoch_*"):
         if not old.name.startswith(f"epoch_{state.epoch:04d}"):
@@ -907,18 +906,3 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torc
         )
     current["state"] = state
     optimizer.load_state_dict(current)
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file beside ``target`` and rename it over ``target``."""
-    fd, temp_name = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    temp_path = Path(temp_name)
-    try:
-        write(temp_path)
-        with open(temp_path, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temp_path, target)
-    except BaseException:
-        temp_path.unlink(missing_ok=True)
-        raise

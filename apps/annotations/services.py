@@ -2,16 +2,15 @@
 
 import logging
 import time
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from shapely import STRtree
 from shapely.geometry import shape
 
 from ml.errors import NephrowebError
+from nephroweb.leases import acquire_lease, release_lease, renew_lease
 
 from . import events
 from .geometry import instance_row
@@ -19,7 +18,6 @@ from .models import Instance, ProposalRun
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 300
 # A new proposal overlapping a reviewed instance by this fraction of the smaller area is
 # dropped: a task never puts a duplicate on top of a human's work.
 REVIEWED_OVERLAP_FRACTION = 0.5
@@ -56,18 +54,7 @@ def start_proposal_run(slide, *, user=None, sam_type=None, overrides=None, enque
 
 
 def _acquire_lease(run_id: int, owner: str) -> bool:
-    now = timezone.now()
-    taken = ProposalRun.objects.filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner),
-        pk=run_id,
-    ).update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_S))
-    return taken == 1
-
-
-def _release_lease(run_id: int, owner: str) -> None:
-    ProposalRun.objects.filter(pk=run_id, lease_owner=owner).update(
-        lease_owner="", lease_expires_at=None
-    )
+    return acquire_lease(ProposalRun, run_id, owner)
 
 
 def resolve_checkpoint_for(sam_type: str, explicit_path: str = "", progress=None):
@@ -148,11 +135,8 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
                 return
             last_report[0] = now
             run.tiles_done, run.tiles_total = tiles_done, tiles_total
-            ProposalRun.objects.filter(pk=run.pk).update(
-                tiles_done=tiles_done,
-                tiles_total=tiles_total,
-                lease_expires_at=timezone.now() + timedelta(seconds=LEASE_S),
-            )
+            ProposalRun.objects.filter(pk=run.pk).update(tiles_done=tiles_done, tiles_total=tiles_total)
+            renew_lease(ProposalRun, run.pk, owner)
             events.publish_run(run)
 
         with open_slide(slide.file_path, mpp=given_mpp) as slide_file:
@@ -167,7 +151,7 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
         logger.exception("Proposal run %s failed", run.pk)
         _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")
     finally:
-        _release_lease(run_id, owner)
+        release_lease(ProposalRun, run_id, owner)
     run.refresh_from_db()
     events.publish_run(run)
     return run

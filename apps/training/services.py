@@ -7,24 +7,22 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from ml.errors import NephrowebError, SettingsError
+from nephroweb.leases import acquire_lease, release_lease, renew_lease
 
 from . import snapshots
 from .models import ModelVersion, TrainingSnapshot
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 300
 LEASE_RENEW_INTERVAL_S = 30.0
 TRAINING_GROUP = "training"
 # SAM's input side: a crop of this size reaches the image encoder without resizing.
@@ -138,24 +136,7 @@ def cancel_training(version: ModelVersion) -> ModelVersion:
 
 
 def _acquire_lease(version_id: int, owner: str) -> bool:
-    now = timezone.now()
-    updated = ModelVersion.objects.filter(
-        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner),
-        pk=version_id,
-    ).update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_S))
-    return updated == 1
-
-
-def _renew_lease(version_id: int, owner: str) -> None:
-    ModelVersion.objects.filter(pk=version_id, lease_owner=owner).update(
-        lease_expires_at=timezone.now() + timedelta(seconds=LEASE_S)
-    )
-
-
-def _release_lease(version_id: int, owner: str) -> None:
-    ModelVersion.objects.filter(pk=version_id, lease_owner=owner).update(
-        lease_owner="", lease_expires_at=None
-    )
+    return acquire_lease(ModelVersion, version_id, owner)
 
 
 # ---------------------------------------------------------------------------- execute
@@ -208,7 +189,7 @@ def execute_training(
             f"Internal error ({type(exc).__name__}); the worker log has the details.",
         )
     finally:
-        _release_lease(version_id, owner)
+        release_lease(ModelVersion, version_id, owner)
     version.refresh_from_db()
     publish_version(version)
     return version
@@ -274,7 +255,7 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
         epoch_end = "train_loss" in metrics
         if epoch_end or now - last_renewal[0] >= LEASE_RENEW_INTERVAL_S:
             last_renewal[0] = now
-            _renew_lease(version.pk, owner)
+            renew_lease(ModelVersion, version.pk, owner)
         if not epoch_end:
             return
         record = {"epoch": epoch, **{key: float(value) for key, value in metrics.items()}}
