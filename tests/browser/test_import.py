@@ -1,8 +1,13 @@
-"""An admin imports an annotation file on the slide page and maps its unknown class
-name in the browser; the objects land in the database with the chosen class."""
+"""An admin imports an annotation file on the slide page, maps its unknown class name in
+the browser, and exports the result; the objects land in the database and in the export
+with the chosen class."""
+
+import json
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from shapely.geometry import shape
 
 from apps.annotations.models import Instance
 from apps.slides.models import Slide
@@ -40,3 +45,12 @@ def test_import_with_class_mapping(live_product, browser_page, make_user, shared
     assert rows == [("distal tubule", "accepted", "imported")] * 2
     page.wait_for_function("Number(document.querySelector('#instance-overlay').dataset.drawn) >= 2")
     page.screenshot(path=str(tmp_path / "imported.png"))
+
+    with page.expect_download() as download_info:
+        page.click("text=Export GeoJSON (QuPath)")
+    exported = json.loads(Path(download_info.value.path()).read_text(encoding="utf-8"))
+    assert exported["type"] == "FeatureCollection"
+    classes = [f["properties"]["classification"]["name"] for f in exported["features"]]
+    assert classes == ["distal tubule", "distal tubule"]
+    areas = sorted(round(shape(f["geometry"]).area) for f in exported["features"])
+    assert areas == [131072, 262144]
