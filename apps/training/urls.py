@@ -1,8 +1,9 @@
 from django.urls import path
 
-from . import api
+from . import api, views
 
 urlpatterns = [
+    path("training/", views.training_page, name="training"),
     path("api/training/snapshots/", api.SnapshotListView.as_view(), name="api-training-snapshots"),
     path("api/training/versions/", api.ModelVersionListView.as_view(), name="api-training-versions"),
     path(

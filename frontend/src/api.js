@@ -133,6 +133,18 @@ export const api = {
       headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
       body: JSON.stringify({ version, geometry }),
     }),
+  trainingSnapshots: () => getJSON("/api/training/snapshots/"),
+  // body is {seed, validation_fraction, parent}; parent is a snapshot id or null.
+  createTrainingSnapshot: (body) => postJSON("/api/training/snapshots/", body),
+  modelVersions: () => getJSON("/api/training/versions/"),
+  modelVersion: (versionId) => getJSON(`/api/training/versions/${versionId}/`),
+  // body is {snapshot, name, checkpoint, config, mpp, crop_px}; config holds TrainingConfig fields.
+  startModelVersion: (body) => postJSON("/api/training/versions/", body),
+  cancelModelVersion: (versionId) => postJSON(`/api/training/versions/${versionId}/cancel/`, {}),
+  trainingSocketUrl: () => {
+    const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+    return `${scheme}://${window.location.host}/ws/training/`;
+  },
   eventsSocketUrl: (slideId) => {
     const scheme = window.location.protocol === "https:" ? "wss" : "ws";
     return `${scheme}://${window.location.host}/ws/slides/${slideId}/events/`;

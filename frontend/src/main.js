@@ -7,6 +7,7 @@ import { RunPanel } from "./runs.js";
 import { SlideEvents } from "./slide_events.js";
 import { initSlideList } from "./slide_list.js";
 import { ImportPanel } from "./import_panel.js";
+import { initTrainingPage } from "./training_page.js";
 
 async function initSlidePage(root) {
   const slideId = Number(root.dataset.slideId);
@@ -50,5 +51,7 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   } else if (root.dataset.page === "slide-list") {
     initSlideList(root);
+  } else if (root.dataset.page === "training") {
+    initTrainingPage(root);
   }
 });

@@ -55,6 +55,7 @@ ENDPOINTS = {
     "assign-slide": ("post", "/review/assign/", None, PATHOLOGISTS),
     "api-assignments": ("post", "/api/review/assignments/", {"slide": 0, "reviewer": "nobody"}, PATHOLOGISTS),
     "api-assignment": ("delete", "/api/review/assignments/{assignment}/", None, PATHOLOGISTS),
+    "training": ("get", "/training/", None, ADMINS),
     "api-training-snapshots": ("post", "/api/training/snapshots/", {"seed": -1}, ADMINS),
     "api-training-versions": ("post", "/api/training/versions/", {"snapshot": 0}, ADMINS),
     "api-training-version": ("get", "/api/training/versions/0/", None, ADMINS),
