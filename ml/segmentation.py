@@ -28,18 +28,13 @@ Usage::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import cv2
 import numpy as np
-import shapely
-import shapely.affinity
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -50,17 +45,17 @@ from ml.errors import SettingsError
 from ml.instances import Instance
 from ml.merge import merge_instances
 from ml.model_files import LoadedClassAwareSam
-from ml.polygons import (
-    largest_component_polygon,
-    make_valid_polygons,
-    polygon_px_to_level0,
-    sort_polygons,
-)
+from ml.slide import Slide, WorkingFrame
 
-# The tile tissue rules must match the proposals exactly, so they are shared, not copied.
-from ml.proposals import _image_size_in_tile, _tile_tissue_fraction
-from ml.slide import MPP_MAX, MPP_MIN, Slide, WorkingFrame
-from ml.tiling import Tile, overlap_for_max_area, tile_grid
+# Tiling, tile skipping and mask tracing are shared with the proposals, so both runs
+# apply exactly the same rules.
+from ml.tile_masks import (
+    TiledMaskSettings,
+    image_size_in_tile,
+    tile_tissue_fraction,
+    trace_mask,
+)
+from ml.tiling import Tile, tile_grid
 from ml.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
@@ -102,18 +97,12 @@ STABILITY_OFFSET = 1.0
 
 
 @dataclass(frozen=True)
-class SegmentationSettings:
-    """Settings of one segmentation run, validated on creation and stored with the run.
+class SegmentationSettings(TiledMaskSettings):
+    """Settings of one segmentation run: the shared tiling and filter settings, plus the
+    class-aware model's thresholds. The tile is resized to the model input size, so a
+    ``tile_px`` equal to that size (1024 for the official models) avoids resampling.
 
     Attributes:
-        mpp: Working pixel size in µm/px at which tiles are read (about 1 = 10x).
-        tile_px: Side of a square tile in working pixels. The tile is resized to the
-            model input size, so a tile equal to that size (1024 for the official
-            models) avoids resampling.
-        overlap_px: Overlap of neighbouring tiles in working pixels. None sizes it for the
-            largest allowed mask (``overlap_for_max_area``, 240 px for the defaults).
-        points_per_side: Prompt points per tile side, so points_per_side² prompts per tile.
-        points_per_batch: Prompts per decoder call. Memory grows linearly with it.
         min_predicted_iou: Minimum predicted IoU of a mask, 0..1.
         min_class_probability: Minimum softmax probability of a mask's most probable
             class, 0..1.
@@ -121,36 +110,20 @@ class SegmentationSettings:
             every class. It must be one of the model's class names.
         duplicate_box_iou: Box IoU above which NMS drops the lower-scored of two masks of
             one tile, 0..1.
-        max_area_fraction: Maximum mask area as a fraction of the tile area.
-        min_area_um2: Minimum mask area in µm².
-        min_tile_tissue_fraction: Minimum tissue fraction of a tile for it to be segmented.
-        min_mask_tissue_fraction: Minimum fraction of a mask's area inside tissue.
     """
 
-    mpp: float = 1.0
-    tile_px: int = 1024
-    overlap_px: int | None = None
-    points_per_side: int = 32
-    points_per_batch: int = 64
+    SETTINGS_KIND: ClassVar[str] = "Segmentation"
+
     # NOTE: the two quality defaults are estimates, not tuned on a trained model.
     min_predicted_iou: float = 0.7
     min_class_probability: float = 0.5
     background_class: str | None = "background"
     duplicate_box_iou: float = 0.7
-    max_area_fraction: float = 0.04
-    min_area_um2: float = 100.0
-    min_tile_tissue_fraction: float = 0.05
-    min_mask_tissue_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        _check_number("mpp", self.mpp, MPP_MIN, MPP_MAX)
-        _check_integer("tile_px", self.tile_px, 64, 8192)
-        if self.overlap_px is not None:
-            _check_integer("overlap_px", self.overlap_px, 0, self.tile_px - 1)
-        _check_integer("points_per_side", self.points_per_side, 1, 256)
-        _check_integer("points_per_batch", self.points_per_batch, 1, 4096)
-        _check_number("min_predicted_iou", self.min_predicted_iou, 0.0, 1.0)
-        _check_number("min_class_probability", self.min_class_probability, 0.0, 1.0)
+        super().__post_init__()
+        self.check_number("min_predicted_iou", self.min_predicted_iou, 0.0, 1.0)
+        self.check_number("min_class_probability", self.min_class_probability, 0.0, 1.0)
         if self.background_class is not None and (
             not isinstance(self.background_class, str) or not self.background_class.strip()
         ):
@@ -158,73 +131,7 @@ class SegmentationSettings:
                 f"Segmentation setting background_class must be a non-empty class name or "
                 f"None, got {self.background_class!r}."
             )
-        _check_number("duplicate_box_iou", self.duplicate_box_iou, 0.0, 1.0)
-        _check_number("max_area_fraction", self.max_area_fraction, 0.0, 1.0, low_open=True)
-        _check_number("min_area_um2", self.min_area_um2, 0.0, math.inf)
-        _check_number("min_tile_tissue_fraction", self.min_tile_tissue_fraction, 0.0, 1.0)
-        _check_number("min_mask_tissue_fraction", self.min_mask_tissue_fraction, 0.0, 1.0)
-        if self.overlap_px is None and self.resolved_overlap_px >= self.tile_px:
-            raise SettingsError(
-                f"max_area_fraction {self.max_area_fraction} needs a tile overlap of "
-                f"{self.resolved_overlap_px} px, which is not less than tile_px "
-                f"({self.tile_px}). Use a max_area_fraction below about 0.75, or set "
-                "overlap_px explicitly."
-            )
-
-    @property
-    def max_area_px(self) -> float:
-        """Maximum mask area in working pixels (max_area_fraction of the tile area)."""
-        return self.max_area_fraction * self.tile_px * self.tile_px
-
-    @property
-    def resolved_overlap_px(self) -> int:
-        """Tile overlap in working pixels, with None replaced by the size-based default."""
-        if self.overlap_px is not None:
-            return self.overlap_px
-        return overlap_for_max_area(self.max_area_px)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the settings as a JSON-ready dict of field name to value."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SegmentationSettings:
-        """Build settings from a dict. Missing fields take their defaults.
-
-        Raises:
-            SettingsError: A key is not a field, or a value is out of range.
-        """
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise SettingsError(
-                f"Unknown segmentation settings {unknown}. Allowed keys: {sorted(names)}."
-            )
-        return cls(**data)
-
-
-def _check_integer(name: str, value: Any, low: int, high: int) -> None:
-    is_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not is_integer or not low <= value <= high:
-        raise SettingsError(
-            f"Segmentation setting {name} must be a whole number in [{low}, {high}], "
-            f"got {value!r}."
-        )
-
-
-def _check_number(
-    name: str, value: Any, low: float, high: float, *, low_open: bool = False
-) -> None:
-    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    in_range = is_number and math.isfinite(value) and (
-        (low < value if low_open else low <= value) and value <= high
-    )
-    if not in_range:
-        bracket = "(" if low_open else "["
-        raise SettingsError(
-            f"Segmentation setting {name} must be a finite number in {bracket}{low}, {high}], "
-            f"got {value!r}."
-        )
+        self.check_number("duplicate_box_iou", self.duplicate_box_iou, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -397,7 +304,7 @@ def segment_slide(
                 slide.info.path.name, tiles_done, len(tiles),
             )
             break
-        if _tile_tissue_fraction(tile, frame, tissue) < settings.min_tile_tissue_fraction:
+        if tile_tissue_fraction(tile, frame, tissue) < settings.min_tile_tissue_fraction:
             counts["tiles_skipped_no_tissue"] += 1
             logger.debug("Tile %d skipped: too little tissue", tile.index)
         else:
@@ -539,7 +446,7 @@ def _filter_batch(
 
     logits = _logits_at_tile_size(prediction, passed, tile.w_px)
     # Pixels past the image edge are the reader's padding, not slide.
-    image_w_px, image_h_px = _image_size_in_tile(tile, frame)
+    image_w_px, image_h_px = image_size_in_tile(tile, frame)
     logits = logits[:, :image_h_px, :image_w_px]
     masks = logits > MASK_THRESHOLD
     areas_px = masks.flatten(1).sum(dim=1)
@@ -636,42 +543,20 @@ def _trace_instances(
     counts: dict[str, int],
 ) -> list[LabeledInstance]:
     """Trace surviving masks into level-0 polygons and apply the tissue filter."""
-    px_area_um2 = settings.mpp**2
-    x_min_level0, y_min_level0, w_level0, h_level0 = slide.info.bounds_level0
     instances = []
     for index, crop in enumerate(survivors.crops):
-        component = largest_component_polygon(crop)
-        if component.polygon is None:
-            tile_counts["dropped_invalid_geometry"] += 1
-            continue
-        counts["components_discarded"] += component.component_count - 1
-        x_min_px, y_min_px = survivors.boxes_xyxy[index, :2].tolist()
-        polygon_tile_px = shapely.affinity.translate(component.polygon, x_min_px, y_min_px)
-        if polygon_tile_px.area * px_area_um2 < settings.min_area_um2:
-            tile_counts["dropped_too_small"] += 1
-            continue
-
-        # The last working pixel can reach past the level-0 bounds by under one pixel.
-        polygon_level0 = shapely.clip_by_rect(
-            polygon_px_to_level0(polygon_tile_px, frame, tile),
-            x_min_level0, y_min_level0, x_min_level0 + w_level0, y_min_level0 + h_level0,
+        offset_px = tuple(survivors.boxes_xyxy[index, :2].tolist())
+        traced = trace_mask(
+            crop, offset_px, slide, frame, tile, settings, tissue, tile_counts, counts
         )
-        repaired = sort_polygons(make_valid_polygons(polygon_level0))
-        if not repaired:
-            tile_counts["dropped_invalid_geometry"] += 1
+        if traced is None:
             continue
-        polygon_level0 = repaired[0]
-        if tissue.fraction_of_geometry(polygon_level0) < settings.min_mask_tissue_fraction:
-            tile_counts["dropped_outside_tissue"] += 1
-            continue
-
-        x0_px, y0_px, x1_px, y1_px = polygon_tile_px.bounds
         instance = Instance(
-            polygon_level0=polygon_level0,
+            polygon_level0=traced.polygon_level0,
             predicted_iou=float(survivors.predicted_ious[index]),
             stability_score=float(survivors.stability_scores[index]),
             tile_index=tile.index,
-            touches_interior_edge=tile.touches_interior_edge(x0_px, y0_px, x1_px, y1_px),
+            touches_interior_edge=traced.touches_interior_edge,
         )
         instances.append(
             LabeledInstance(

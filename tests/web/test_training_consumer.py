@@ -2,35 +2,17 @@
 progress that the training service sends to the "training" group."""
 
 import pytest
-import pytest_asyncio
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 
 from apps.training.services import TRAINING_GROUP
-from nephroweb.asgi import application
+from .websockets import close_consumer_connections, connect  # noqa: F401  (autouse fixture)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
-@pytest_asyncio.fixture(autouse=True)
-async def close_consumer_connections():
-    """Close the database connection of the consumers' worker thread after each test, or
-    it keeps the test database open and blocks its removal."""
-    yield
-    from channels.db import database_sync_to_async
-    from django.db import connections
-
-    await database_sync_to_async(connections.close_all)()
-
-
 async def _connect(session_cookie: str | None):
-    headers = [(b"origin", b"http://127.0.0.1")]
-    if session_cookie:
-        headers.append((b"cookie", f"sessionid={session_cookie}".encode()))
-    communicator = WebsocketCommunicator(application, "/ws/training/", headers=headers)
-    connected, code = await communicator.connect()
-    return communicator, connected, code
+    return await connect("/ws/training/", session_cookie)
 
 
 async def _session_of(role, make_user, async_client) -> str:
