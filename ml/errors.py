@@ -1,7 +1,7 @@
 """Exceptions that carry a message meant for the user.
 
-Every error raised on bad input derives from ``NephrowebError``; its message names the
-file or field, what is wrong with it and what to do, so callers show it as it is.
+Every error raised on bad input derives from ``NephrowebError``. Its message names the
+file or field, what is wrong with it and what to do, so callers show it unchanged.
 """
 
 

@@ -321,7 +321,7 @@ def train(
     When ``checkpoint_dir`` contains a checkpoint of the same run (same config apart from
     ``RESUMABLE_CHANGES``, same samples, same classes), the model and optimizer are
     restored from it and training continues with the next epoch. A finished run returns
-    its stored result without training. When the call returns, ``model`` holds the
+    its stored result without training. When the call returns, ``model`` contains the
     weights of the last finished epoch and is in eval mode.
 
     Args:

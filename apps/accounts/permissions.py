@@ -2,7 +2,7 @@
 
 from rest_framework.permissions import BasePermission
 
-# What each permission lets a user do, in the words of the refusal message.
+# Plain words for each permission, used in the message that rejects a request.
 PERMISSION_WORDS = {
     "slides.view_slide": "view slides",
     "slides.add_slide": "import slides",

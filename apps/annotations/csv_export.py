@@ -49,7 +49,7 @@ def _slide_fields(slide) -> dict:
 
 
 def count_rows(slides) -> list[dict]:
-    """One row per slide and class, with the number of instances in each review state."""
+    """Count instances per review state, as one row per slide and class."""
     rows = []
     for slide in slides:
         counts = (
@@ -72,7 +72,7 @@ def count_rows(slides) -> list[dict]:
 
 
 def reviewer_rows(slides) -> list[dict]:
-    """One row per slide and reviewer, with the number of changes of each kind."""
+    """Count changes of each kind, as one row per slide and reviewer."""
     rows = []
     actions = [c for c in REVIEWER_COLUMNS[5:-1]]
     for slide in slides:

@@ -48,7 +48,7 @@ class UnknownClassesError(NephrowebError, ValueError):
 
 @dataclass
 class ImportReport:
-    """What an import created and what it left out, and why."""
+    """Summary of an import: objects created, objects left out, and the reasons."""
 
     source: str
     file_format: str

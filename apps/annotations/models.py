@@ -2,8 +2,8 @@
 
 A proposal is an instance that no reviewer has accepted, edited or rejected yet. An
 annotation is a reviewed one.
-Geometry is a GeoJSON Polygon in level-0 pixels; the bounding box is kept in indexed
-columns so a viewport query tests box overlap in the database.
+Geometry is a GeoJSON Polygon or MultiPolygon in level-0 pixels. The bounding box is kept
+in indexed columns, so a viewport query tests box overlap in the database.
 """
 
 from django.conf import settings as django_settings

@@ -43,7 +43,7 @@ FEATURE_PROPERTIES = (
 
 
 def instance_feature(instance) -> dict:
-    """An instance as a GeoJSON Feature in level-0 pixels, with what the viewer needs."""
+    """Return an instance as a GeoJSON Feature in level-0 pixels, with the viewer's fields."""
     properties = {name: getattr(instance, name) for name in FEATURE_PROPERTIES}
     properties["slide"] = instance.slide_id
     return {"type": "Feature", "id": instance.pk, "geometry": instance.geometry,

@@ -1,4 +1,4 @@
-"""Who reviews which slide."""
+"""Slide assignments: the reviewers each slide is given to."""
 
 from django.conf import settings
 from django.db import models

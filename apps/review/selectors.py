@@ -5,8 +5,8 @@ from django.db.models import Count, F
 
 from apps.annotations.models import Instance
 
-# What most needs a human comes first. Missing scores sort last: a drawn or imported
-# object has no predicted IoU and was already looked at.
+# Orders that put the objects most in need of a human first. Missing scores sort last,
+# because a drawn or imported object has no predicted IoU and was already looked at.
 QUEUE_ORDERS = {
     "predicted_iou": [F("predicted_iou").asc(nulls_last=True), "id"],
     "class_confidence": [

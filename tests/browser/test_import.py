@@ -1,6 +1,6 @@
 """An admin imports an annotation file on the slide page, maps its unknown class name in
-the browser, and exports the result; the objects land in the database and in the export
-with the chosen class."""
+the browser and exports the result. The objects reach the database and the export with
+the chosen class."""
 
 import json
 from pathlib import Path

@@ -329,7 +329,7 @@ def test_copied_slide_opens(shared_data, tmp_path):
 @pytest.mark.parametrize("kept_bytes", [1_280_000, 1_900_000])
 def test_svs_cut_after_first_image_rejected(shared_data, tmp_path, kept_bytes):
     # Pillow can read the first strip of such a file as a plain TIFF; a .svs must not be
-    # opened that way, or the user is told to give an mpp for a damaged file.
+    # opened that way, or the message asks the user for an mpp of a damaged file.
     path = tmp_path / "cut.svs"
     path.write_bytes((shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes()[:kept_bytes])
     with pytest.raises(SlideError, match="may be truncated") as caught:

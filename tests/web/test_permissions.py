@@ -1,7 +1,7 @@
 """Every role (and anonymous) against every endpoint: who may do what.
 
-The table lists each URL name once; a test fails when an endpoint has no row, so a new
-endpoint cannot ship without its permission check being tested.
+The table lists each URL name once. A test fails when an endpoint has no row, so a new
+endpoint cannot ship without a test of its permission check.
 """
 
 import pytest

@@ -27,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="Seed of a new snapshot's split.")
         parser.add_argument(
             "--validation-fraction", type=float, default=0.2,
-            help="Share of patients a new snapshot holds out for validation (0 to 0.9).",
+            help="Fraction of patients a new snapshot sets aside for validation (0 to 0.9).",
         )
         parser.add_argument("--checkpoint", default="", help="SAM checkpoint (.pth) to start from.")
         parser.add_argument("--epochs", type=int, help="Epochs; overrides --config-json.")
