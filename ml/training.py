@@ -22,10 +22,11 @@ most eight colour variants over the whole run. A trainable image encoder recompu
 embeddings every step and gets the same augmentations, as the augmentation draw does not
 depend on the cache.
 
-Checkpoints go to ``checkpoint_dir`` after every epoch and a later call with the same
-folder resumes after the last finished epoch. The random draws of each epoch (order,
-augmentation, prompts) derive from ``(seed, epoch)``, so a resumed run repeats exactly
-what an uninterrupted run would have done and a checkpoint needs no generator state.
+Checkpoints go to ``checkpoint_dir`` after every epoch (see ``ml.training_checkpoints``)
+and a later call with the same folder resumes after the last finished epoch. The random
+draws of each epoch (order, augmentation, prompts) derive from ``(seed, epoch)``, so a
+resumed run repeats exactly what an uninterrupted run would have done and a checkpoint
+needs no generator state.
 
 Usage::
 
@@ -38,28 +39,36 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
-from ml.checkpoints import file_sha256
 from ml.class_aware import ClassAwareSam, DecoderOutput, set_trainable
-from ml.errors import CheckpointError, NephrowebError, SettingsError
-from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware, write_atomically
+from ml.errors import NephrowebError, SettingsError
+from ml.model_files import ClassAwareMetadata
 # AugmentConfig is imported for callers that take every training name from this module.
 from ml.training_config import AugmentConfig, LossWeights, TrainingConfig, learning_rate_at  # noqa: F401
+# STATE_FILE, BEST_MODEL_FILE, RESUMABLE_CHANGES and EpochRecord keep their old import path.
+from ml.training_checkpoints import (  # noqa: F401
+    BEST_MODEL_FILE,
+    RESUMABLE_CHANGES,
+    STATE_FILE,
+    EpochRecord,
+    RunState,
+    resume_run,
+    run_metadata,
+    save_checkpoint,
+)
 from ml.training_data import (
     IDENTITY_TRANSFORM,
     AugmentationChoice,
@@ -75,15 +84,6 @@ from ml.training_data import (
 )
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "training_state.json"
-STATE_FORMAT = "nephroweb-training-state"
-STATE_FORMAT_VERSION = 1
-BEST_MODEL_FILE = "best.safetensors"
-
-# Config fields that may change when a run resumes. A different epoch count changes the
-# length of the cosine schedule, so the result then differs from an uninterrupted run.
-RESUMABLE_CHANGES = frozenset({"epochs", "device", "bf16_autocast"})
 
 ProgressCallback = Callable[[int, int, Mapping[str, float]], None]
 
@@ -240,32 +240,6 @@ def embed_image(
 
 
 @dataclass(frozen=True)
-class EpochRecord:
-    """Metrics of one finished epoch.
-
-    Attributes:
-        epoch: 1-based epoch number.
-        train_loss: Mean weighted total loss over the epoch's prompts.
-        train_dice, train_bce, train_ce, train_iou_mse: Mean unweighted loss terms.
-        val_loss: Mean weighted total loss on the validation prompts, None without them.
-        val_class_accuracy: Share of validation prompts whose top class is right.
-        learning_rate: Learning rate of the epoch's last optimizer step.
-        seconds: Wall-clock duration of the epoch including validation.
-    """
-
-    epoch: int
-    train_loss: float
-    train_dice: float
-    train_bce: float
-    train_ce: float
-    train_iou_mse: float
-    val_loss: float | None
-    val_class_accuracy: float | None
-    learning_rate: float
-    seconds: float
-
-
-@dataclass(frozen=True)
 class TrainingResult:
     """Outcome of ``train``.
 
@@ -287,19 +261,6 @@ class TrainingResult:
     cancelled: bool
     checkpoint_path: Path | None
     encoder_runs: int = 0
-
-
-@dataclass
-class _RunState:
-    """Mutable bookkeeping of a run, saved in the state JSON after every epoch."""
-
-    epoch: int = 0
-    optimizer_step: int = 0
-    history: list[EpochRecord] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_loss: float | None = None
-    epochs_without_improvement: int = 0
-    stopped_early: bool = False
 
 
 # ---------------------------------------------------------------------------- train
@@ -352,7 +313,7 @@ def train(
     device = torch.device(config.device)
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    metadata = _run_metadata(model, config, metadata)
+    metadata = run_metadata(model, config, metadata)
 
     model.to(device)
     set_trainable(
@@ -369,7 +330,7 @@ def train(
         "train": samples_fingerprint(train_samples),
         "val": samples_fingerprint(val_samples),
     }
-    state = _resume(folder, model, optimizer, config, fingerprint)
+    state = resume_run(folder, model, optimizer, config, fingerprint)
     if state.epoch >= config.epochs or state.stopped_early:
         logger.info("Training run in %s is already finished at epoch %d", folder, state.epoch)
         model.eval()
@@ -405,7 +366,7 @@ def train(
             seconds=time.perf_counter() - started,
         )
         improved = _update_state(state, record, config)
-        _save_checkpoint(folder, model, optimizer, state, config, fingerprint, metadata, improved)
+        save_checkpoint(folder, model, optimizer, state, config, fingerprint, metadata, improved)
         logger.info(
             "Epoch %d/%d: train loss %.4f (dice %.4f, bce %.4f, ce %.4f, iou mse %.4f), "
             "val loss %s, val class accuracy %s, lr %.3g, %.1f s",
@@ -479,7 +440,7 @@ class _TrainingLoop:
     def run_epoch(
         self,
         epoch: int,
-        state: _RunState,
+        state: RunState,
         progress: ProgressCallback | None,
         should_stop: Callable[[], bool] | None,
     ) -> dict[str, float] | None:
@@ -674,7 +635,7 @@ def _check_inputs(
         )
 
 
-def _update_state(state: _RunState, record: EpochRecord, config: TrainingConfig) -> bool:
+def _update_state(state: RunState, record: EpochRecord, config: TrainingConfig) -> bool:
     """Add ``record`` and update best epoch and early stopping. Return True if it is best."""
     state.epoch = record.epoch
     state.history.append(record)
@@ -694,7 +655,7 @@ def _update_state(state: _RunState, record: EpochRecord, config: TrainingConfig)
 
 
 def _result(
-    state: _RunState, folder: Path, cancelled: bool, loop: _TrainingLoop | None = None
+    state: RunState, folder: Path, cancelled: bool, loop: _TrainingLoop | None = None
 ) -> TrainingResult:
     best = folder / BEST_MODEL_FILE
     return TrainingResult(
@@ -717,192 +678,3 @@ def _record_metrics(record: EpochRecord) -> dict[str, float]:
 
 def _format_optional(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-
-def _run_metadata(
-    model: ClassAwareSam, config: TrainingConfig, metadata: ClassAwareMetadata | None
-) -> ClassAwareMetadata:
-    if metadata is None:
-        metadata = ClassAwareMetadata(
-            classes=tuple(ClassSpec(name, "#808080") for name in model.class_names),
-            architecture=model.architecture,
-            mpp=1.0,
-            tile_px=model.image_size,
-        )
-    return replace(metadata, training_config=config.to_dict())
-
-
-def _epoch_model_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.safetensors"
-
-
-def _epoch_optimizer_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}_optimizer.safetensors"
-
-
-def _save_checkpoint(
-    folder: Path,
-    model: ClassAwareSam,
-    optimizer: torch.optim.Optimizer,
-    state: _RunState,
-    config: TrainingConfig,
-    fingerprint: Mapping[str, str],
-    metadata: ClassAwareMetadata,
-    improved: bool,
-) -> None:
-    """Write this epoch's model, optimizer and state, then drop the previous epoch's files.
-
-    The state JSON is renamed into place last, so a crash while writing leaves the
-    previous epoch's complete checkpoint in use.
-    """
-    model_name = _epoch_model_name(state.epoch)
-    optimizer_name = _epoch_optimizer_name(state.epoch)
-    model_sha256 = save_class_aware(model, folder / model_name, metadata)
-    if improved:
-        save_class_aware(model, folder / BEST_MODEL_FILE, metadata)
-
-    tensors = _optimizer_tensors(optimizer)
-    write_atomically(
-        folder / optimizer_name, lambda temp: save_file(tensors, temp, metadata={"format": "pt"})
-    )
-    document = {
-        "format": STATE_FORMAT,
-        "format_version": STATE_FORMAT_VERSION,
-        "epoch": state.epoch,
-        "optimizer_step": state.optimizer_step,
-        "best_epoch": state.best_epoch,
-        "best_val_loss": state.best_val_loss,
-        "epochs_without_improvement": state.epochs_without_improvement,
-        "stopped_early": state.stopped_early,
-        "history": [asdict(record) for record in state.history],
-        "config": config.to_dict(),
-        "class_names": list(model.class_names),
-        "samples_sha256": dict(fingerprint),
-        "model_file": model_name,
-        "model_sha256": model_sha256,
-        "optimizer_file": optimizer_name,
-        "optimizer_sha256": file_sha256(folder / optimizer_name),
-    }
-    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    write_atomically(folder / STATE_FILE, lambda temp: temp.write_text(text, encoding="utf-8"))
-
-    for old in folder.glob("epoch_*"):
-        if not old.name.startswith(f"epoch_{state.epoch:04d}"):
-            old.unlink(missing_ok=True)
-    logger.debug("Saved checkpoint of epoch %d to %s", state.epoch, folder)
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Flatten the optimizer's per-parameter state to ``state.<index>.<name>`` tensors."""
-    tensors = {}
-    for index, values in optimizer.state_dict()["state"].items():
-        for name, value in values.items():
-            if not isinstance(value, torch.Tensor):
-                value = torch.tensor(value)
-            tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
-    return tensors
-
-
-def _resume(
-    folder: Path,
-    model: ClassAwareSam,
-    optimizer: torch.optim.Optimizer,
-    config: TrainingConfig,
-    fingerprint: Mapping[str, str],
-) -> _RunState:
-    """Restore model, optimizer and run state from ``folder``, or start fresh if it has none."""
-    state_path = folder / STATE_FILE
-    if not state_path.is_file():
-        return _RunState()
-    try:
-        document = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"Training state {state_path} cannot be read ({exc}). Delete the folder "
-            f"{folder} to start the run again."
-        ) from exc
-    if not isinstance(document, dict) or document.get("format") != STATE_FORMAT:
-        raise CheckpointError(
-            f"{state_path} is not a training state file. Use an empty checkpoint_dir."
-        )
-    _check_same_run(document, state_path, model, config, fingerprint)
-
-    model_path = folder / document["model_file"]
-    optimizer_path = folder / document["optimizer_file"]
-    for path, key in ((model_path, "model_sha256"), (optimizer_path, "optimizer_sha256")):
-        if not path.is_file() or file_sha256(path) != document[key]:
-            raise CheckpointError(
-                f"Checkpoint file {path} named in {state_path} is missing or was changed "
-                f"after the state was written. Delete the folder {folder} to start again."
-            )
-    model.load_state_dict(load_file(model_path), strict=True)
-    model.to(torch.device(config.device))
-    _load_optimizer(optimizer, load_file(optimizer_path))
-
-    history = [EpochRecord(**record) for record in document["history"]]
-    state = _RunState(
-        epoch=document["epoch"],
-        optimizer_step=document["optimizer_step"],
-        history=history,
-        best_epoch=document["best_epoch"],
-        best_val_loss=document["best_val_loss"],
-        epochs_without_improvement=document["epochs_without_improvement"],
-        stopped_early=document["stopped_early"],
-    )
-    logger.info(
-        "Resuming training from %s after epoch %d (optimizer step %d)",
-        folder, state.epoch, state.optimizer_step,
-    )
-    return state
-
-
-def _check_same_run(
-    document: Mapping[str, Any],
-    state_path: Path,
-    model: ClassAwareSam,
-    config: TrainingConfig,
-    fingerprint: Mapping[str, str],
-) -> None:
-    saved_config = document.get("config", {})
-    current = config.to_dict()
-    changed = sorted(
-        name
-        for name in set(saved_config) | set(current)
-        if name not in RESUMABLE_CHANGES and saved_config.get(name) != current.get(name)
-    )
-    if changed:
-        raise SettingsError(
-            f"checkpoint_dir contains a checkpoint with different settings: "
-            f"{', '.join(changed)} (saved in {state_path}). Use a new checkpoint_dir or the "
-            "saved settings."
-        )
-    if document.get("class_names") != list(model.class_names):
-        raise SettingsError(
-            f"checkpoint_dir contains a checkpoint for classes {document.get('class_names')}, but the "
-            f"model has {list(model.class_names)}. Use a new checkpoint_dir."
-        )
-    if document.get("samples_sha256") != dict(fingerprint):
-        raise SettingsError(
-            f"checkpoint_dir contains a checkpoint trained on different training or validation "
-            f"samples "
-            f"(see {state_path}). Use a new checkpoint_dir for new data."
-        )
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = value
-    current = optimizer.state_dict()
-    expected = set(range(len(current["param_groups"][0]["params"])))
-    if not set(state) <= expected:
-        raise CheckpointError(
-            f"Optimizer checkpoint has state for parameters {sorted(set(state) - expected)}, "
-            "which the model does not train. Delete the checkpoint folder to start again."
-        )
-    current["state"] = state
-    optimizer.load_state_dict(current)
