@@ -1,9 +1,9 @@
 """A synthetic PAS-like kidney slide with known structures, for the demo and for tests.
 
-The slide is a tiled pyramidal generic TIFF (deflate, 256 px tiles, levels as successive
-IFDs, resolution tags in centimetres), so OpenSlide opens it and reports its mpp. It shows
-a pink tissue section on white glass with ring-shaped tubules and larger glomeruli at
-positions that are returned as level-0 polygons.
+The slide is a tiled pyramidal generic TIFF written by ``ml.pyramid_tiff``, so OpenSlide
+opens it and reports its mpp. It shows a pink tissue section on white glass with
+ring-shaped tubules and larger glomeruli at positions that are returned as level-0
+polygons.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tifffile
 from shapely.geometry import Point, Polygon
 
 from ml.errors import SettingsError
+from ml.pyramid_tiff import write_pyramidal_tiff
 
 logger = logging.getLogger(__name__)
 
-TILE_PX = 256
-# Levels are halved until the next one would have a side below this.
-MIN_LEVEL_SIDE_PX = 256
 GLASS_RGB = (242, 240, 246)
 INTERSTITIUM_RGB = (228, 178, 212)
 TUBULE_WALL_RGB = (196, 96, 160)
@@ -120,7 +117,7 @@ def write_sample_slide(
     tissue_level0 = _tissue_outline(width_px, height_px, rng)
     objects = _place_objects(tissue_level0, mpp, rng)
     image = _render(width_px, height_px, tissue_level0, objects, mpp, rng)
-    level_count = _write_pyramid(path, image, mpp)
+    level_count = write_pyramidal_tiff(path, image, mpp)
     logger.info(
         "Wrote sample slide %s: %dx%d px at %.3g µm/px, %d levels, %d objects",
         path, width_px, height_px, mpp, level_count, len(objects),
@@ -221,31 +218,3 @@ def _render(
     grain = cv2.resize(small, (width_px, height_px), interpolation=cv2.INTER_NEAREST)
     noisy = image.astype(np.int16) + grain[..., None]
     return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-def _write_pyramid(path: Path, image: np.ndarray, mpp: float) -> int:
-    """Write the image and its halvings as tiled IFDs, and return the level count."""
-    level_count = 0
-    with tifffile.TiffWriter(path, bigtiff=image.nbytes > 2**31) as writer:
-        level = image
-        downsample = 1
-        while True:
-            pixels_per_cm = 1e4 / (mpp * downsample)
-            writer.write(
-                level,
-                tile=(TILE_PX, TILE_PX),
-                photometric="rgb",
-                compression="zlib",
-                compressionargs={"level": 1},
-                resolution=(pixels_per_cm, pixels_per_cm),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if downsample == 1 else 1,
-                metadata=None,
-                maxworkers=4,
-            )
-            level_count += 1
-            height, width = level.shape[:2]
-            if min(width, height) // 2 < MIN_LEVEL_SIDE_PX:
-                return level_count
-            level = cv2.resize(level, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
-            downsample *= 2

@@ -68,3 +68,41 @@ def create_slide_record(name="synthetic", width_px=4000, height_px=3000, mpp=0.5
         width_px=width_px, height_px=height_px, mpp=mpp, mpp_source="given",
         bounds_w_level0=width_px, bounds_h_level0=height_px, **fields,
     )
+
+
+# Two tiles per class, the first by file name in each KI PAS folder of scale index 1.
+KI_MOSAIC_CLASS_MAP = {"pt": "proximal tubule", "dt": "distal tubule", "vessel": "vessel"}
+KI_MOSAIC_TILES_PER_CLASS = 2
+
+
+@pytest.fixture(scope="session")
+def ki_mosaic(shared_data, tmp_path_factory):
+    """Write a small mosaic TIFF of real KI PAS tiles once per session and return it.
+
+    Six 256 px tiles of scale index 1 (about 1 µm/px, an estimate because KI records no
+    pixel size) in a 3 x 2 grid with 16 px of glass: 832 x 560 px. The two proximal
+    tubule tiles contain 33 instances, the two distal tubule tiles 20 and the two vessel
+    tiles 2. The returned ``ml.tile_mosaic.TileMosaic`` gives ``path``, ``mpp``,
+    ``instances`` (level-0 polygons with classes) and ``tiles`` (grid position -> source
+    tile), and ``geojson_path`` has the instances as QuPath GeoJSON. Other structures in
+    a tile are not annotated, because each KI tile has a mask for one class only.
+    """
+    from collections import defaultdict
+
+    from ml.tile_dataset import read_tile_dataset
+    from ml.tile_mosaic import compose_mosaic, write_tile_mosaic
+
+    dataset = read_tile_dataset(
+        shared_data / "kidney_tiles" / "omniseg_KI", class_map=KI_MOSAIC_CLASS_MAP, stains=["pas"]
+    )
+    by_class = defaultdict(list)
+    for sample in sorted(dataset.samples, key=lambda sample: str(sample.image_path)):
+        by_class[sample.class_name].append(sample)
+    chosen = [
+        sample
+        for samples in by_class.values()
+        for sample in samples[:KI_MOSAIC_TILES_PER_CLASS]
+    ]
+    layout = compose_mosaic(chosen)
+    path = tmp_path_factory.mktemp("ki_mosaic") / "ki_pas_mosaic.tiff"
+    return write_tile_mosaic(layout, path)
