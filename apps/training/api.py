@@ -42,6 +42,10 @@ class ModelVersionRequestSerializer(serializers.Serializer):
     snapshot = serializers.PrimaryKeyRelatedField(queryset=TrainingSnapshot.objects.all())
     name = serializers.CharField(max_length=128, required=False, allow_blank=True, default="")
     checkpoint = serializers.CharField(max_length=1024, required=False, allow_blank=True, default="")
+    # The serializer checks that the version exists, and start_training that it succeeded.
+    base_version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.all(), required=False, allow_null=True, default=None
+    )
     config = serializers.DictField(required=False, default=dict)
     mpp = serializers.FloatField(required=False, min_value=0.05, max_value=50)
     crop_px = serializers.IntegerField(required=False, min_value=16, max_value=4096)
@@ -53,7 +57,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "name", "status", "snapshot", "base_checkpoint", "base_checkpoint_sha256",
+            "id", "name", "status", "snapshot", "base_version", "base_checkpoint",
+            "base_checkpoint_sha256",
             "config", "device_auto", "mpp", "crop_px", "class_names", "metrics", "best_epoch",
             "weights_path", "weights_sha256", "message", "cancel_requested", "created_by",
             "created_at", "started_at", "finished_at",
@@ -95,6 +100,7 @@ class ModelVersionListView(APIView):
             request.user,
             base_checkpoint=data["checkpoint"],
             config_overrides=data["config"],
+            base_version=data["base_version"],
             name=data["name"],
             mpp=data.get("mpp"),
             crop_px=data.get("crop_px"),

@@ -72,7 +72,11 @@ class SnapshotInstance(models.Model):
 
 
 class ModelVersion(models.Model):
-    """One fine-tuning run of a class-aware SAM on a snapshot, with its config and metrics."""
+    """One fine-tuning run of a class-aware SAM on a snapshot, with its config and metrics.
+
+    A run starts from a SAM checkpoint or from the weights of an earlier succeeded
+    version (``base_version``). PROTECT keeps a base version while versions built on it exist.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -86,9 +90,15 @@ class ModelVersion(models.Model):
     snapshot = models.ForeignKey(
         TrainingSnapshot, on_delete=models.PROTECT, related_name="model_versions"
     )
+    base_version = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="continued_by",
+        help_text="Succeeded model version whose weights this one starts from. Empty means "
+        "a SAM checkpoint.",
+    )
     base_checkpoint = models.CharField(
         max_length=1024, blank=True,
-        help_text="SAM checkpoint to start from; empty uses the configured one.",
+        help_text="File the run started from: a SAM checkpoint (empty uses the configured "
+        "one), or the base version's weights once training starts.",
     )
     base_checkpoint_sha256 = models.CharField(max_length=64, blank=True)
     config = models.JSONField(default=dict, help_text="TrainingConfig.to_dict() of the run.")

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ml.errors import NephrowebError, SettingsError
+from ml.errors import CheckpointError, NephrowebError, SettingsError
 from nephroweb.leases import acquire_lease, release_lease, renew_lease
 
 from . import snapshots
@@ -60,6 +60,7 @@ def start_training(
     base_checkpoint: str | None = None,
     config_overrides: dict | None = None,
     *,
+    base_version: ModelVersion | None = None,
     name: str = "",
     mpp: float | None = None,
     crop_px: int | None = None,
@@ -67,15 +68,22 @@ def start_training(
 ) -> ModelVersion:
     """Create a queued model version and enqueue its task once the row is committed.
 
-    ``config_overrides`` are TrainingConfig fields. Without a "device" the worker trains
-    on CUDA when it has a GPU and on the CPU otherwise. ``mpp`` defaults to the proposal
-    working mpp and ``crop_px`` to 1024.
+    The run starts from ``base_version``'s weights when one is given, otherwise from the
+    SAM checkpoint ``base_checkpoint`` (empty: the configured one). ``config_overrides``
+    are TrainingConfig fields. Without a "device" the worker trains on CUDA when it has a
+    GPU and on the CPU otherwise. ``mpp`` and ``crop_px`` default to the base version's,
+    and without a base version to the proposal working mpp and 1024.
 
     Raises:
-        SettingsError: A config field, ``mpp`` or ``crop_px`` is invalid.
+        SettingsError: A config field, ``mpp`` or ``crop_px`` is invalid, the base version
+            has not succeeded, or both a base version and a checkpoint are given.
     """
     overrides = dict(config_overrides or {})
     config = training_config(overrides)
+    if base_version is not None:
+        check_base_version(base_version, base_checkpoint)
+        mpp = base_version.mpp if mpp is None else mpp
+        crop_px = base_version.crop_px if crop_px is None else crop_px
     mpp = float(settings.NEPHROWEB_PROPOSALS["mpp"]) if mpp is None else mpp
     crop_px = DEFAULT_CROP_PX if crop_px is None else crop_px
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0.05 <= mpp <= 50:
@@ -86,6 +94,7 @@ def start_training(
         version = ModelVersion.objects.create(
             name=name or "",
             snapshot=snapshot,
+            base_version=base_version,
             base_checkpoint=base_checkpoint or "",
             config=config.to_dict(),
             device_auto="device" not in overrides,
@@ -101,8 +110,36 @@ def start_training(
             from .tasks import run_training
 
             transaction.on_commit(lambda: run_training.delay(version.pk))
-    logger.info("Queued training of model version %s on snapshot %s", version.pk, snapshot.pk)
+    logger.info(
+        "Queued training of model version %s on snapshot %s from %s", version.pk, snapshot.pk,
+        f"model version {base_version.pk}" if base_version else "a SAM checkpoint",
+    )
     return version
+
+
+def check_base_version(base_version: ModelVersion, base_checkpoint: str | None = None) -> None:
+    """Check that a new version can start from ``base_version``'s weights.
+
+    Raises:
+        SettingsError: The base version has not succeeded or has no weights, or a SAM
+            checkpoint is given as well. The message names the base_version field.
+    """
+    if base_checkpoint:
+        raise SettingsError(
+            f"base_version {base_version.pk} and checkpoint {base_checkpoint!r} are both given. "
+            "A model version starts either from an earlier version or from a SAM checkpoint; "
+            "leave one empty."
+        )
+    if base_version.status != ModelVersion.Status.SUCCEEDED:
+        raise SettingsError(
+            f"base_version {base_version.pk} ({base_version.name}) has status "
+            f"{base_version.status!r}. Choose a model version whose training succeeded."
+        )
+    if not base_version.weights_path or not base_version.weights_sha256:
+        raise SettingsError(
+            f"base_version {base_version.pk} ({base_version.name}) has no stored weights. "
+            "Choose another model version or train this one again."
+        )
 
 
 def cancel_training(version: ModelVersion) -> ModelVersion:
@@ -171,7 +208,7 @@ def execute_training(
     if not _acquire_lease(version_id, owner):
         logger.info("Model version %s is leased by another worker, so this delivery skips it", version_id)
         return None
-    version = ModelVersion.objects.select_related("snapshot").get(pk=version_id)
+    version = ModelVersion.objects.select_related("snapshot", "base_version").get(pk=version_id)
     try:
         if version.status in FINAL_STATES:
             logger.info("Model version %s is already %s, so there is nothing to do", version_id, version.status)
@@ -196,11 +233,9 @@ def execute_training(
 
 
 def _train(version: ModelVersion, owner: str, on_epoch) -> None:
-    """Load the base SAM and the snapshot's crops, train, and store the outcome."""
+    """Load the base model and the snapshot's crops, train, and store the outcome."""
     import torch
 
-    from apps.annotations.services import load_model, resolve_checkpoint_for
-    from ml.class_aware import from_sam
     from ml.model_files import ClassAwareMetadata, ClassSpec
     from ml.training import TrainingConfig, train
 
@@ -213,12 +248,10 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     config = TrainingConfig.from_dict(version.config)
     if version.device_auto:
         config = replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-    # NOTE: the base must be a SAM checkpoint in Meta's format. Continuing from an earlier
-    # class-aware model version (.safetensors) is not supported yet.
-    checkpoint = resolve_checkpoint_for(settings.NEPHROWEB_SAM_TYPE, version.base_checkpoint)
-    loaded = load_model(checkpoint, None)
-    version.base_checkpoint = str(checkpoint)
-    version.base_checkpoint_sha256 = loaded.sha256 or ""
+    if version.base_version_id is None:
+        model = _model_from_sam_checkpoint(version)
+    else:
+        model = _model_from_base_version(version, config.seed)
 
     samples = snapshots.training_samples(version.snapshot, version.mpp, version.crop_px)
     if not samples.train:
@@ -236,7 +269,6 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     version.config = config.to_dict()
     version.save(update_fields=["config", "base_checkpoint", "base_checkpoint_sha256"])
 
-    model, _ = from_sam(loaded.model, version.class_names)
     colors = snapshots.class_colors()
     metadata = ClassAwareMetadata(
         classes=tuple(ClassSpec(name, colors.get(name, "#808080")) for name in model.class_names),
@@ -293,6 +325,62 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     )
 
 
+def _model_from_sam_checkpoint(version: ModelVersion):
+    """Start a class-aware SAM from the version's SAM checkpoint (Meta's .pth format)."""
+    from apps.annotations.services import load_model, resolve_checkpoint_for
+    from ml.class_aware import from_sam
+
+    checkpoint = resolve_checkpoint_for(settings.NEPHROWEB_SAM_TYPE, version.base_checkpoint)
+    loaded = load_model(checkpoint, None)
+    version.base_checkpoint = str(checkpoint)
+    version.base_checkpoint_sha256 = loaded.sha256 or ""
+    model, _ = from_sam(loaded.model, version.class_names)
+    return model
+
+
+def _model_from_base_version(version: ModelVersion, seed: int):
+    """Load the base version's weights and give the model the snapshot's classes.
+
+    The weights file must still have the SHA-256 that the base version's training wrote,
+    so a replaced or damaged file fails the run instead of training on other weights.
+    Classes are matched by name (``ml.class_head.change_classes``): a class new in the
+    snapshot gets a fresh class-head row drawn from ``seed``, and a class that the
+    snapshot lacks is dropped.
+
+    Raises:
+        CheckpointError: The weights file is missing, unreadable or has another SHA-256.
+    """
+    from ml.checkpoints import file_sha256
+    from ml.class_head import change_classes
+    from ml.model_files import load_class_aware
+
+    base = version.base_version
+    weights = Path(base.weights_path)
+    try:
+        sha256 = file_sha256(weights)
+    except OSError as exc:
+        raise CheckpointError(
+            f"Weights of base version {base.pk} ({base.name}) cannot be read at {weights}: "
+            f"{exc.strerror or exc}. Restore the file or choose another base version."
+        ) from None
+    if sha256 != base.weights_sha256:
+        raise CheckpointError(
+            f"Weights file {weights} of base version {base.pk} ({base.name}) has SHA-256 "
+            f"{sha256}, but its training wrote {base.weights_sha256}. The file was replaced "
+            "or damaged. Restore it or choose another base version."
+        )
+    model, _ = load_class_aware(weights)
+    change = change_classes(model, version.class_names, seed=seed)
+    if change.changed:
+        logger.info(
+            "Model version %s continues from version %s with new classes %s and without %s",
+            version.pk, base.pk, list(change.added), list(change.dropped),
+        )
+    version.base_checkpoint = str(weights)
+    version.base_checkpoint_sha256 = sha256
+    return model
+
+
 def _epoch_row(record) -> dict:
     from dataclasses import asdict
 
@@ -317,6 +405,7 @@ def version_payload(version: ModelVersion) -> dict:
         "name": version.name,
         "status": version.status,
         "snapshot": version.snapshot_id,
+        "base_version": version.base_version_id,
         "metrics": version.metrics,
         "best_epoch": version.best_epoch,
         "message": version.message,

@@ -138,7 +138,8 @@ export const api = {
   createTrainingSnapshot: (body) => postJSON("/api/training/snapshots/", body),
   modelVersions: () => getJSON("/api/training/versions/"),
   modelVersion: (versionId) => getJSON(`/api/training/versions/${versionId}/`),
-  // body is {snapshot, name, checkpoint, config, mpp, crop_px}; config contains TrainingConfig fields.
+  // body is {snapshot, name, base_version, checkpoint, config, mpp, crop_px}; config contains
+  // TrainingConfig fields, and base_version is a succeeded version's id or null (a SAM checkpoint).
   startModelVersion: (body) => postJSON("/api/training/versions/", body),
   cancelModelVersion: (versionId) => postJSON(`/api/training/versions/${versionId}/cancel/`, {}),
   trainingSocketUrl: () => {

@@ -28,6 +28,10 @@ function cell(text) {
   return td;
 }
 
+function formatMetric(value, digits = 4) {
+  return typeof value === "number" && Number.isFinite(value) ? value.toPrecision(digits) : "–";
+}
+
 // Call handler(version) for every progress message; onConnect runs after each (re)connection.
 function openTrainingSocket(handler, onConnect) {
   const socket = new WebSocket(api.trainingSocketUrl());
@@ -159,9 +163,16 @@ class VersionForm {
     this.form = root.querySelector("#version-form");
     this.error = root.querySelector("#version-error");
     this.snapshotSelect = root.querySelector("#version-snapshot");
+    this.baseSelect = root.querySelector("#version-base");
+    this.checkpointInput = root.querySelector("#version-checkpoint");
+    this.mppInput = root.querySelector("#version-mpp");
+    this.cropInput = root.querySelector("#version-crop-px");
+    this.defaults = defaults;
+    this.baseVersions = new Map(); // id -> succeeded version offered as a base
     this.onStarted = onStarted;
-    this.form.querySelector("#version-mpp").value = String(defaults.mpp);
-    this.form.querySelector("#version-crop-px").value = String(defaults.crop_px);
+    this.mppInput.value = String(defaults.mpp);
+    this.cropInput.value = String(defaults.crop_px);
+    this.baseSelect.addEventListener("change", () => this.applyBase());
     for (const input of this.form.querySelectorAll("[data-config]")) {
       const value = valueAt(defaults.config, input.dataset.config);
       if (input.dataset.kind === "bool") input.checked = Boolean(value);
@@ -174,6 +185,31 @@ class VersionForm {
     });
   }
 
+  // Offer the succeeded versions as bases, newest first, keeping the current choice if it is still offered.
+  setBaseVersions(versions) {
+    const current = this.baseSelect.value;
+    const bases = versions.filter((version) => version.status === "succeeded").sort((a, b) => b.id - a.id);
+    this.baseVersions = new Map(bases.map((version) => [version.id, version]));
+    const options = [new Option("SAM checkpoint (configured)", "")];
+    for (const version of bases) {
+      options.push(new Option(`Version ${version.id}: ${version.name} (snapshot ${version.snapshot})`, String(version.id)));
+    }
+    this.baseSelect.replaceChildren(...options);
+    if (options.some((option) => option.value === current)) {
+      this.baseSelect.value = current;
+    } else if (current !== "") {
+      this.applyBase();
+    }
+  }
+
+  // A base version brings its working resolution and crop side, and the SAM checkpoint field does not apply to it.
+  applyBase() {
+    const base = this.baseVersions.get(Number(this.baseSelect.value));
+    this.checkpointInput.disabled = Boolean(base);
+    this.mppInput.value = String(base ? base.mpp : this.defaults.mpp);
+    this.cropInput.value = String(base ? base.crop_px : this.defaults.crop_px);
+  }
+
   request() {
     const config = {};
     for (const input of this.form.querySelectorAll("[data-config]")) {
@@ -181,10 +217,12 @@ class VersionForm {
       if (input.dataset.kind === "device" && input.value === "") continue;
       setAt(config, input.dataset.config, input.dataset.kind === "device" ? input.value : inputValue(input));
     }
+    const baseVersion = this.baseSelect.value === "" ? null : Number(this.baseSelect.value);
     const body = {
       snapshot: this.snapshotSelect.value === "" ? null : Number(this.snapshotSelect.value),
       name: this.form.querySelector("#version-name").value.trim(),
-      checkpoint: this.form.querySelector("#version-checkpoint").value.trim(),
+      base_version: baseVersion,
+      checkpoint: baseVersion === null ? this.checkpointInput.value.trim() : "",
       config,
     };
     for (const field of ["mpp", "crop_px"]) {
@@ -211,12 +249,15 @@ class VersionForm {
 // ---------------------------------------------------------------------------- versions
 
 class VersionList {
-  constructor(root) {
+  // onChange(versions) runs after every render with the known versions.
+  constructor(root, { onChange }) {
     this.root = root;
+    this.onChange = onChange;
     this.rows = root.querySelector("#version-rows");
     this.listStatus = root.querySelector("#version-list-status");
     this.detail = root.querySelector("#version-detail");
     this.cancelButton = root.querySelector("#version-cancel");
+    this.epochRows = root.querySelector("#version-epoch-rows");
     this.versions = new Map(); // id -> version, as the API or the socket last sent it
     this.selectedId = null;
     this.resyncTimer = null;
@@ -297,6 +338,7 @@ class VersionList {
         cell(String(version.id)),
         cell(version.name),
         cell(String(version.snapshot)),
+        cell(version.base_version ? `version ${version.base_version}` : "SAM checkpoint"),
         cell(version.status),
         cell(`${version.metrics.length} / ${(version.config || {}).epochs ?? "?"}`),
         cell(version.best_epoch ? String(version.best_epoch) : "–"),
@@ -306,6 +348,7 @@ class VersionList {
     }
     const selected = this.versions.get(this.selectedId);
     if (selected) this.renderDetail(selected);
+    this.onChange(versions);
   }
 
   renderDetail(version) {
@@ -316,8 +359,10 @@ class VersionList {
     detail.dataset.status = version.status;
     detail.dataset.epochsDone = String(version.metrics.length);
     detail.dataset.bestEpoch = String(version.best_epoch || 0);
+    detail.dataset.baseVersion = version.base_version ? String(version.base_version) : "";
+    const start = version.base_version ? `from version ${version.base_version}` : "from a SAM checkpoint";
     detail.querySelector("#version-detail-title").textContent =
-      `Model version ${version.id}: ${version.name} (snapshot ${version.snapshot})`;
+      `Model version ${version.id}: ${version.name} (snapshot ${version.snapshot}, ${start})`;
     const progress = detail.querySelector("#version-epoch-progress");
     progress.max = epochs;
     progress.value = version.metrics.length;
@@ -332,6 +377,8 @@ class VersionList {
       ? `Weights: ${version.weights_path} (sha256 ${version.weights_sha256.slice(0, 12)}…)`
       : "";
 
+    this.renderEpochRows(version.metrics);
+
     drawCurves(detail.querySelector("#loss-chart"), {
       title: "Loss (weighted total; train terms unweighted)",
       series: LOSS_SERIES, rows: version.metrics, epochs, bestEpoch: version.best_epoch,
@@ -341,12 +388,32 @@ class VersionList {
       series: ACCURACY_SERIES, rows: version.metrics, epochs, bestEpoch: version.best_epoch, yRange: [0, 1],
     });
   }
+
+  // One table row per finished epoch, with the values the curves plot.
+  renderEpochRows(metrics) {
+    this.epochRows.replaceChildren();
+    for (const row of metrics) {
+      const tableRow = document.createElement("tr");
+      tableRow.dataset.epoch = String(row.epoch);
+      tableRow.append(
+        cell(String(row.epoch)),
+        cell(formatMetric(row.train_loss)),
+        cell(formatMetric(row.val_loss)),
+        cell(formatMetric(row.val_class_accuracy, 3)),
+        cell(formatMetric(row.learning_rate, 3)),
+        cell(formatMetric(row.seconds, 3)),
+      );
+      this.epochRows.append(tableRow);
+    }
+  }
 }
 
 export function initTrainingPage(root) {
   const defaults = JSON.parse(root.querySelector("#training-defaults").textContent);
-  const versions = new VersionList(root);
   let versionForm = null;
+  const versions = new VersionList(root, {
+    onChange: (rows) => versionForm && versionForm.setBaseVersions(rows),
+  });
   const snapshots = new SnapshotPanel(root, {
     onChange: (rows) => versionForm && snapshots.fillSelect(versionForm.snapshotSelect, rows),
   });

@@ -9,15 +9,18 @@ import io
 import json
 
 import numpy as np
+import torch
 import pytest
 from django.core.management import CommandError, call_command
 from shapely.geometry import box
 
 from apps.annotations.geometry import instance_row
 from apps.training import services, snapshots
-from apps.training.models import ModelVersion, SnapshotInstance
-from ml.model_files import load_class_aware
+from apps.training.models import ModelVersion, SnapshotInstance, TrainingSnapshot
+from ml.class_aware import from_sam
+from ml.model_files import ClassAwareMetadata, ClassSpec, load_class_aware, save_class_aware
 from tests.conftest import create_slide_record
+from tests.sam_factory import make_tiny_sam
 
 pytestmark = pytest.mark.django_db
 
@@ -301,3 +304,218 @@ def test_version_leased_by_another_worker_is_skipped(annotated, data_dir):
     assert services.execute_training(version.pk, owner="second-worker") is None
     version.refresh_from_db()
     assert (version.status, version.lease_owner) == ("queued", "first-worker")
+
+
+# ---------------------------------------------------------------------------- base versions
+
+# Classes of the saved base model: two that the snapshot has, in another order, and one
+# that it lacks.
+BASE_CLASSES = ("vessel", "glomerulus", "old class")
+BASE_MPP = 0.75
+BASE_CROP_PX = 160
+# So small that one epoch of a few optimizer steps moves no weight by more than 1e-9.
+NEGLIGIBLE_LEARNING_RATE = 1e-12
+
+
+def _save_base_model(path, seed):
+    """Save a class-aware model built from the tiny SAM (class head drawn from ``seed``)."""
+    torch.manual_seed(seed)
+    model, _ = from_sam(make_tiny_sam(), BASE_CLASSES)
+    metadata = ClassAwareMetadata(
+        classes=tuple(ClassSpec(name, "#00ff00") for name in BASE_CLASSES),
+        architecture=model.architecture, mpp=BASE_MPP, tile_px=BASE_CROP_PX,
+    )
+    return save_class_aware(model, path, metadata)
+
+
+def _base_version(snapshot, folder, status=ModelVersion.Status.SUCCEEDED):
+    """Record a saved model as a model version with the given status."""
+    path = folder / "base" / "best.safetensors"
+    sha256 = _save_base_model(path, seed=2)
+    return ModelVersion.objects.create(
+        name="base", status=status, snapshot=snapshot, mpp=BASE_MPP, crop_px=BASE_CROP_PX,
+        class_names=list(BASE_CLASSES), metrics=[{"epoch": 1, "train_loss": 1.0}], best_epoch=1,
+        weights_path=str(path), weights_sha256=sha256,
+    )
+
+
+def _post_version(client, body):
+    return client.post("/api/training/versions/", body, content_type="application/json")
+
+
+def test_api_base_version_must_exist(annotated, client_for):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+
+    response = _post_version(client, {"snapshot": snapshot.pk, "base_version": 9999})
+
+    assert response.status_code == 400
+    assert response.json() == {"base_version": ['Invalid pk "9999" - object does not exist.']}
+    assert not ModelVersion.objects.exists()
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "failed", "cancelled"])
+def test_api_base_version_must_have_succeeded(annotated, client_for, tmp_path, status):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    base = _base_version(snapshot, tmp_path, status=status)
+
+    response = _post_version(client, {"snapshot": snapshot.pk, "base_version": base.pk})
+
+    assert response.status_code == 400
+    assert response.json()["detail"] == (
+        f"base_version {base.pk} (base) has status '{status}'. "
+        "Choose a model version whose training succeeded."
+    )
+    assert list(ModelVersion.objects.values_list("pk", flat=True)) == [base.pk]
+
+
+def test_api_base_version_without_weights_is_rejected(annotated, client_for, tmp_path):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    base = _base_version(snapshot, tmp_path)
+    ModelVersion.objects.filter(pk=base.pk).update(weights_path="")
+
+    response = _post_version(client, {"snapshot": snapshot.pk, "base_version": base.pk})
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith(
+        f"base_version {base.pk} (base) has no stored weights."
+    )
+
+
+def test_api_base_version_excludes_checkpoint(annotated, client_for, tmp_path):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    base = _base_version(snapshot, tmp_path)
+
+    response = _post_version(
+        client, {"snapshot": snapshot.pk, "base_version": base.pk, "checkpoint": "/models/sam.pth"}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith(
+        f"base_version {base.pk} and checkpoint '/models/sam.pth' are both given."
+    )
+
+
+def test_api_base_version_gives_mpp_and_crop_defaults(annotated, client_for, tmp_path):
+    client = client_for("admin")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    base = _base_version(snapshot, tmp_path)
+
+    inherited = _post_version(client, {"snapshot": snapshot.pk, "base_version": base.pk})
+    overridden = _post_version(
+        client, {"snapshot": snapshot.pk, "base_version": base.pk, "crop_px": 128}
+    )
+    from_sam_checkpoint = _post_version(client, {"snapshot": snapshot.pk, "base_version": None})
+
+    assert inherited.status_code == 201, inherited.content
+    body = inherited.json()
+    assert (body["base_version"], body["mpp"], body["crop_px"]) == (base.pk, BASE_MPP, BASE_CROP_PX)
+    assert body["class_names"] == snapshot.class_names
+    assert (overridden.json()["mpp"], overridden.json()["crop_px"]) == (BASE_MPP, 128)
+    assert from_sam_checkpoint.json()["base_version"] is None
+    assert from_sam_checkpoint.json()["crop_px"] == services.DEFAULT_CROP_PX
+    assert ModelVersion.objects.get(pk=body["id"]).base_version_id == base.pk
+
+
+def test_train_command_continues_from_base_version(annotated, data_dir):
+    """The snapshot lacks "old class" and adds five classes that the base does not have:
+    the class head keeps the rows of glomerulus and vessel and gets new rows for the rest."""
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    base = _base_version(snapshot, data_dir)
+    base_model, _ = load_class_aware(base.weights_path)
+    config = {**FAST_CONFIG, "learning_rate": NEGLIGIBLE_LEARNING_RATE}
+    out = io.StringIO()
+
+    call_command(
+        "train", "--snapshot", str(snapshot.pk), "--base-version", str(base.pk), "--epochs", "1",
+        "--config-json", json.dumps(config), stdout=out,
+    )
+
+    version = ModelVersion.objects.exclude(pk=base.pk).get()
+    assert version.status == ModelVersion.Status.SUCCEEDED, version.message
+    assert version.base_version_id == base.pk
+    assert version.base_checkpoint == base.weights_path
+    assert version.base_checkpoint_sha256 == base.weights_sha256
+    assert (version.mpp, version.crop_px) == (BASE_MPP, BASE_CROP_PX)
+    assert [row["epoch"] for row in version.metrics] == [1]
+    assert f"model version {version.pk} succeeded" in out.getvalue()
+
+    model, metadata = load_class_aware(version.weights_path)
+    assert model.class_names == tuple(snapshot.class_names)
+    assert metadata.class_names == tuple(snapshot.class_names)
+    assert (metadata.mpp, metadata.tile_px) == (BASE_MPP, BASE_CROP_PX)
+    old_head = base_model.mask_decoder.class_prediction_head.layers[-1]
+    new_head = model.mask_decoder.class_prediction_head.layers[-1]
+    assert new_head.weight.shape[0] == len(snapshot.class_names) == 7
+    for name in ("glomerulus", "vessel"):
+        old_row = BASE_CLASSES.index(name)
+        new_row = snapshot.class_names.index(name)
+        assert torch.allclose(new_head.weight[new_row], old_head.weight[old_row], atol=1e-9)
+        assert torch.allclose(new_head.bias[new_row], old_head.bias[old_row], atol=1e-9)
+    # The rest of the decoder starts from the base too, not from a fresh class token.
+    assert torch.allclose(
+        model.mask_decoder.class_token.weight, base_model.mask_decoder.class_token.weight, atol=1e-9
+    )
+
+
+def test_replaced_base_weights_fail_the_run(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    base = _base_version(snapshot, data_dir)
+    # Another save to the same path: the JSON beside it matches, the database does not.
+    replaced_sha256 = _save_base_model(base.weights_path, seed=3)
+    assert replaced_sha256 != base.weights_sha256
+    version = services.start_training(
+        snapshot, None, config_overrides=FAST_CONFIG, base_version=base, enqueue=False
+    )
+
+    version = services.execute_training(version.pk, owner="worker")
+
+    assert version.status == ModelVersion.Status.FAILED
+    assert version.message == (
+        f"Weights file {base.weights_path} of base version {base.pk} (base) has SHA-256 "
+        f"{replaced_sha256}, but its training wrote {base.weights_sha256}. The file was "
+        "replaced or damaged. Restore it or choose another base version."
+    )
+    assert version.metrics == []
+    assert version.weights_path == ""
+
+
+def test_missing_base_weights_fail_the_run(annotated, data_dir):
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    base = _base_version(snapshot, data_dir)
+    version = services.start_training(
+        snapshot, None, config_overrides=FAST_CONFIG, base_version=base, enqueue=False
+    )
+    (data_dir / "base" / "best.safetensors").unlink()
+
+    version = services.execute_training(version.pk, owner="worker")
+
+    assert version.status == ModelVersion.Status.FAILED
+    assert version.message.startswith(
+        f"Weights of base version {base.pk} (base) cannot be read at {base.weights_path}: "
+        "No such file or directory."
+    )
+
+
+def test_train_command_rejects_bad_base_version(annotated, data_dir):
+    with pytest.raises(CommandError, match="^--base-version 9999: model version does not exist"):
+        call_command("train", "--new-snapshot", "--base-version", "9999")
+
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    queued = _base_version(snapshot, data_dir, status=ModelVersion.Status.QUEUED)
+    expected = f"^base_version {queued.pk} \\(base\\) has status 'queued'"
+    with pytest.raises(CommandError, match=expected):
+        call_command("train", "--new-snapshot", "--base-version", str(queued.pk))
+
+    with pytest.raises(CommandError, match="not allowed with argument --checkpoint"):
+        call_command(
+            "train", "--new-snapshot", "--checkpoint", "/models/sam.pth",
+            "--base-version", str(queued.pk),
+        )
+
+    # No call left a snapshot or a model version behind.
+    assert list(TrainingSnapshot.objects.values_list("pk", flat=True)) == [snapshot.pk]
+    assert list(ModelVersion.objects.values_list("pk", flat=True)) == [queued.pk]

@@ -1,4 +1,9 @@
-"""``manage.py train (--snapshot ID | --new-snapshot) [--checkpoint PATH] [--epochs N] [--config-json JSON]``
+"""``manage.py train``: the main arguments (``--help`` lists all) are
+
+- ``--snapshot ID`` or ``--new-snapshot``: the annotations to train on.
+- ``--checkpoint PATH`` or ``--base-version ID``: start from a SAM checkpoint, or continue
+  from a succeeded model version.
+- ``--epochs N`` and ``--config-json JSON``: TrainingConfig fields.
 
 Trains a model version in this process (no web server or worker needed) with the same
 code as the background task, printing each epoch's metrics and then the weights path.
@@ -29,10 +34,19 @@ class Command(BaseCommand):
             "--validation-fraction", type=float, default=0.2,
             help="Fraction of patients a new snapshot sets aside for validation (0 to 0.9).",
         )
-        parser.add_argument("--checkpoint", default="", help="SAM checkpoint (.pth) to start from.")
+        base = parser.add_mutually_exclusive_group()
+        base.add_argument(
+            "--checkpoint", default="",
+            help="SAM checkpoint (.pth) to start from; default: the configured one.",
+        )
+        base.add_argument(
+            "--base-version", type=int,
+            help="Id of a succeeded model version to continue from; its mpp and crop size "
+            "become the defaults.",
+        )
         parser.add_argument("--epochs", type=int, help="Epochs; overrides --config-json.")
         parser.add_argument("--config-json", default="{}", help="TrainingConfig fields as JSON.")
-        parser.add_argument("--mpp", type=float, help="Working mpp of the crops.")
+        parser.add_argument("--mpp", type=float, help="Working resolution of the crops in um/px.")
         parser.add_argument("--crop-px", type=int, help="Side of the crops in working pixels.")
         parser.add_argument("--name", default="", help="Name of the model version.")
 
@@ -46,6 +60,11 @@ class Command(BaseCommand):
         if options["epochs"] is not None:
             overrides["epochs"] = options["epochs"]
         try:
+            # The base version is checked first, so a bad one never leaves a new snapshot behind.
+            base_version = None
+            if options["base_version"] is not None:
+                base_version = self._base_version(options["base_version"])
+                services.check_base_version(base_version, options["checkpoint"])
             if options["new_snapshot"]:
                 snapshot = snapshots.build_snapshot(
                     None, seed=options["seed"], validation_fraction=options["validation_fraction"]
@@ -59,8 +78,8 @@ class Command(BaseCommand):
                 snapshot = self._snapshot(options["snapshot"])
             version = services.start_training(
                 snapshot, None, base_checkpoint=options["checkpoint"], config_overrides=overrides,
-                name=options["name"], mpp=options["mpp"], crop_px=options["crop_px"],
-                enqueue=False,
+                base_version=base_version, name=options["name"], mpp=options["mpp"],
+                crop_px=options["crop_px"], enqueue=False,
             )
         except NephrowebError as exc:
             raise CommandError(str(exc)) from None
@@ -82,6 +101,14 @@ class Command(BaseCommand):
             return TrainingSnapshot.objects.get(pk=snapshot_id)
         except TrainingSnapshot.DoesNotExist:
             raise CommandError(f"Snapshot {snapshot_id} does not exist.") from None
+
+    def _base_version(self, version_id):
+        try:
+            return ModelVersion.objects.get(pk=version_id)
+        except ModelVersion.DoesNotExist:
+            raise CommandError(
+                f"--base-version {version_id}: model version does not exist."
+            ) from None
 
     def _print_epoch(self, record):
         values = ", ".join(
