@@ -225,6 +225,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # take only that; light work stays on "default".
 CELERY_TASK_ROUTES = {
     "apps.annotations.tasks.run_proposals": {"queue": "gpu"},
+    "apps.annotations.tasks.run_segmentation": {"queue": "gpu"},
     "apps.training.tasks.run_training": {"queue": "gpu"},
 }
 CELERY_TASK_ALWAYS_EAGER = False
@@ -250,6 +251,14 @@ NEPHROWEB_PROPOSALS = {
     "min_area_um2": env_number("NEPHROWEB_MIN_AREA_UM2", 100.0),
 }
 NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
+# Segmentation runs of a class-aware model version. The working mpp and tile size come
+# from the model version; these keys (any SegmentationSettings field) override them.
+NEPHROWEB_SEGMENTATION = {
+    "points_per_side": env_number("NEPHROWEB_SEGMENTATION_POINTS_PER_SIDE", 32, int),
+    "min_predicted_iou": env_number("NEPHROWEB_SEGMENTATION_MIN_PREDICTED_IOU", 0.7),
+    "min_class_probability": env_number("NEPHROWEB_SEGMENTATION_MIN_CLASS_PROBABILITY", 0.5),
+}
+NEPHROWEB_SEGMENTATION.update(json.loads(env_str("NEPHROWEB_SEGMENTATION_JSON", "{}")))
 NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
 
 # Classes a reviewer can assign, with their display colours and keyboard keys. The

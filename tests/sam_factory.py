@@ -37,3 +37,26 @@ def save_tiny_checkpoint(
     """Write a tiny random SAM as a plain state dict with Meta's key names and return ``path``."""
     save_checkpoint(make_tiny_sam(seed, architecture), path)
     return path
+
+
+# With SAM seed 1 and this class head seed, a tiny class-aware model with the classes
+# glomerulus, vessel and background keeps a few instances on cmu-1-small-region.svs
+# (4 x 4 points, no thresholds) and calls others background.
+CLASS_HEAD_SEED = 7
+TINY_CLASS_NAMES = ("glomerulus", "vessel", "background")
+
+
+def save_tiny_class_aware(path: Path, class_names=TINY_CLASS_NAMES, seed: int = DEFAULT_SEED) -> Path:
+    """Write a tiny class-aware SAM with a random class head (safetensors + JSON metadata)."""
+    from ml.class_aware import from_sam
+    from ml.model_files import ClassAwareMetadata, ClassSpec, save_class_aware
+
+    with torch.random.fork_rng():
+        torch.manual_seed(CLASS_HEAD_SEED)
+        model, _ = from_sam(make_tiny_sam(seed), list(class_names))
+    metadata = ClassAwareMetadata(
+        classes=tuple(ClassSpec(name, "#808080") for name in class_names),
+        architecture=model.architecture, mpp=1.0, tile_px=1024,
+    )
+    save_class_aware(model, path, metadata)
+    return path

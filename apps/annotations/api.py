@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import F
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,7 +17,7 @@ from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 from ml.annotation_files import AnnotationFileError, read_annotation_bytes
 
-from . import csv_export, services
+from . import csv_export, segmentation, services
 from .geojson import export_feature_collection
 from .importing import import_annotations
 from .models import Instance, ProposalRun
@@ -37,13 +39,45 @@ class ProposalRunListView(APIView):
         slide = get_object_or_404(Slide, pk=slide_id)
         form = ProposalRunRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        run = services.start_proposal_run(
-            slide,
-            user=request.user,
-            sam_type=form.validated_data.get("sam_type"),
-            overrides=form.validated_data.get("settings"),
-        )
+        version_id = form.validated_data.get("model_version")
+        if version_id is not None:
+            version = segmentation.usable_model_versions().filter(pk=version_id).first()
+            if version is None:
+                raise ValidationError({"model_version": (
+                    f"No trained model version {version_id}: choose one whose training "
+                    "succeeded."
+                )})
+            run = segmentation.start_segmentation_run(
+                slide, version, user=request.user, overrides=form.validated_data.get("settings")
+            )
+        else:
+            run = services.start_proposal_run(
+                slide,
+                user=request.user,
+                sam_type=form.validated_data.get("sam_type"),
+                overrides=form.validated_data.get("settings"),
+            )
         return Response(ProposalRunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class SegmentationModelListView(APIView):
+    """Model versions that can segment a slide: trained, with weights."""
+
+    permission_classes = [has_perm("annotations.view_proposalrun")]
+
+    def get(self, request):
+        versions = segmentation.usable_model_versions()
+        return Response([
+            {
+                "id": version.pk,
+                "name": version.name,
+                "class_names": version.class_names,
+                "mpp": version.mpp,
+                "best_epoch": version.best_epoch,
+                "finished_at": version.finished_at,
+            }
+            for version in versions
+        ])
 
 
 class ProposalRunDetailView(APIView):
@@ -68,6 +102,7 @@ class InstanceViewportView(APIView):
             services.instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit + 1).values(
                 "id", "geometry", "class_name", "review_state", "source", "predicted_iou",
                 "stability_score", "class_confidence", "area_um2", "version",
+                model_version_name=F("proposal_run__model_version__name"),
             )
         )
         features = [

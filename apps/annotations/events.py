@@ -11,15 +11,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_payload(run) -> dict:
-    return {
-        "id": run.pk,
-        "slide": run.slide_id,
-        "status": run.status,
-        "tiles_done": run.tiles_done,
-        "tiles_total": run.tiles_total,
-        "counts": run.counts,
-        "message": run.message,
-    }
+    """Return the run as the API returns it, so the page shows a pushed run like a fetched one."""
+    from .serializers import ProposalRunSerializer
+
+    return dict(ProposalRunSerializer(run).data)
 
 
 def publish_run(run) -> None:

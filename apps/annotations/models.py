@@ -13,7 +13,12 @@ from apps.slides.models import Slide
 
 
 class ProposalRun(models.Model):
-    """One SAM zero-shot proposal job on one slide, with its settings and per-stage counts."""
+    """One job that proposes instances on one slide, with its settings and per-stage counts.
+
+    Without ``model_version`` it is a SAM zero-shot proposal run (unlabelled masks). With
+    one it is a segmentation run of that class-aware model version, whose proposals
+    carry a class and a class probability.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -23,6 +28,11 @@ class ProposalRun(models.Model):
 
     slide = models.ForeignKey(Slide, on_delete=models.CASCADE, related_name="proposal_runs")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    model_version = models.ForeignKey(
+        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT,
+        related_name="segmentation_runs",
+        help_text="Class-aware model version of a segmentation run; empty for SAM proposals.",
+    )
     sam_type = models.CharField(max_length=16)
     checkpoint = models.CharField(max_length=1024, blank=True)
     checkpoint_sha256 = models.CharField(max_length=64, blank=True)
@@ -52,6 +62,7 @@ class Instance(models.Model):
 
     class Source(models.TextChoices):
         SAM = "sam", "SAM zero-shot proposal"
+        MODEL = "model", "class-aware model prediction"
         DRAWN = "drawn", "drawn by a reviewer"
         IMPORTED = "imported", "imported from a file"
 

@@ -4,18 +4,36 @@ from .models import ProposalRun
 
 
 class ProposalRunSerializer(serializers.ModelSerializer):
+    """A proposal run; ``model_version`` is set for a segmentation run of that version."""
+
+    model_version_name = serializers.CharField(
+        source="model_version.name", default=None, read_only=True
+    )
+
     class Meta:
         model = ProposalRun
         fields = [
-            "id", "slide", "status", "sam_type", "checkpoint_sha256", "settings", "counts",
-            "tiles_done", "tiles_total", "message", "created_at", "started_at", "finished_at",
+            "id", "slide", "status", "sam_type", "model_version", "model_version_name",
+            "checkpoint_sha256", "settings", "counts", "tiles_done", "tiles_total", "message",
+            "created_at", "started_at", "finished_at",
         ]
         read_only_fields = fields
 
 
 class ProposalRunRequestSerializer(serializers.Serializer):
+    """Start SAM proposals, or with ``model_version`` a segmentation run of that version."""
+
     sam_type = serializers.ChoiceField(choices=["vit_b", "vit_l", "vit_h"], required=False)
+    model_version = serializers.IntegerField(required=False, min_value=1)
     settings = serializers.DictField(required=False)
+
+    def validate(self, data):
+        if "model_version" in data and "sam_type" in data:
+            raise serializers.ValidationError(
+                {"sam_type": "Give sam_type for SAM proposals or model_version for a "
+                             "segmentation run, not both."}
+            )
+        return data
 
 
 class ViewportSerializer(serializers.Serializer):
@@ -46,5 +64,7 @@ def instance_feature(instance) -> dict:
     """Return an instance as a GeoJSON Feature in level-0 pixels, with the viewer's fields."""
     properties = {name: getattr(instance, name) for name in FEATURE_PROPERTIES}
     properties["slide"] = instance.slide_id
+    run = instance.proposal_run if instance.proposal_run_id else None
+    properties["model_version_name"] = run.model_version.name if run and run.model_version_id else None
     return {"type": "Feature", "id": instance.pk, "geometry": instance.geometry,
             "properties": properties}

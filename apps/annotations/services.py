@@ -90,29 +90,73 @@ def load_model(path, sam_type):
     return _model_cache[key]
 
 
-def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") -> ProposalRun | None:
-    """Run a queued proposal run to the end; idempotent and safe against re-delivery.
+def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
+    """Run a queued proposal or segmentation run to the end; idempotent and safe against
+    re-delivery.
 
-    Returns None when another worker holds the run's lease. A finished run is returned
-    as it is. Failures are stored on the run with a message for the user.
+    ``body(run, report)`` does the work and stores the result; ``report(tiles_done,
+    tiles_total)`` saves and publishes progress and renews the lease. Returns None when
+    another worker holds the run's lease. A finished run is returned as it is. Failures
+    are stored on the run with a message for the user.
     """
-    from ml.proposals import ProposalSettings, propose
-    from ml.slide import open_slide
-    from ml.tissue import detect_tissue
-
     if not _acquire_lease(run_id, owner):
-        logger.info("Proposal run %s is held by another worker; skipping", run_id)
+        logger.info("Run %s is held by another worker; skipping", run_id)
         return None
     run = ProposalRun.objects.select_related("slide").get(pk=run_id)
     try:
         if run.status == ProposalRun.Status.SUCCEEDED:
-            logger.info("Proposal run %s already succeeded; nothing to do", run_id)
+            logger.info("Run %s already succeeded; nothing to do", run_id)
             return run
         run.status = ProposalRun.Status.RUNNING
         run.started_at = timezone.now()
         run.message = ""
         run.save(update_fields=["status", "started_at", "message"])
         events.publish_run(run)
+        body(run, _progress_reporter(run, owner))
+        stored = ProposalRun.objects.get(pk=run.pk).counts.get("stored", 0)
+        logger.info("Run %s stored %d proposals", run.pk, stored)
+    except NephrowebError as exc:
+        _fail(run, str(exc))
+    except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
+        logger.exception("Run %s failed", run.pk)
+        _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")
+    finally:
+        release_lease(ProposalRun, run_id, owner)
+    run.refresh_from_db()
+    events.publish_run(run)
+    return run
+
+
+def _progress_reporter(run: ProposalRun, owner: str):
+    last_report = [0.0]
+
+    def report(tiles_done: int, tiles_total: int) -> None:
+        now = time.monotonic()
+        if tiles_done < tiles_total and now - last_report[0] < PROGRESS_INTERVAL_S:
+            return
+        last_report[0] = now
+        run.tiles_done, run.tiles_total = tiles_done, tiles_total
+        ProposalRun.objects.filter(pk=run.pk).update(tiles_done=tiles_done, tiles_total=tiles_total)
+        renew_lease(ProposalRun, run.pk, owner)
+        events.publish_run(run)
+
+    return report
+
+
+def open_run_slide(run: ProposalRun):
+    """Open the run's slide file with its given mpp, if any (a context manager)."""
+    from ml.slide import open_slide
+
+    slide = run.slide
+    return open_slide(slide.file_path, mpp=slide.mpp if slide.mpp_source == "given" else None)
+
+
+def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") -> ProposalRun | None:
+    """Run a queued SAM proposal run to the end (see execute_run)."""
+
+    def propose_and_store(run: ProposalRun, report) -> None:
+        from ml.proposals import ProposalSettings, propose
+        from ml.tissue import detect_tissue
 
         requested_type = run.sam_type or None
         checkpoint = resolve_checkpoint_for(
@@ -125,36 +169,12 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
         run.save(update_fields=["checkpoint", "checkpoint_sha256", "sam_type"])
 
         run_settings = ProposalSettings.from_dict(run.settings)
-        slide = run.slide
-        given_mpp = slide.mpp if slide.mpp_source == "given" else None
-        last_report = [0.0]
-
-        def report(tiles_done: int, tiles_total: int) -> None:
-            now = time.monotonic()
-            if tiles_done < tiles_total and now - last_report[0] < PROGRESS_INTERVAL_S:
-                return
-            last_report[0] = now
-            run.tiles_done, run.tiles_total = tiles_done, tiles_total
-            ProposalRun.objects.filter(pk=run.pk).update(tiles_done=tiles_done, tiles_total=tiles_total)
-            renew_lease(ProposalRun, run.pk, owner)
-            events.publish_run(run)
-
-        with open_slide(slide.file_path, mpp=given_mpp) as slide_file:
+        with open_run_slide(run) as slide_file:
             tissue = detect_tissue(slide_file)
             result = propose(slide_file, loaded.model, run_settings, tissue, progress=report)
         store_proposals(run, result)
-        stored = ProposalRun.objects.get(pk=run.pk).counts.get("stored", 0)
-        logger.info("Proposal run %s stored %d proposals", run.pk, stored)
-    except NephrowebError as exc:
-        _fail(run, str(exc))
-    except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
-        logger.exception("Proposal run %s failed", run.pk)
-        _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")
-    finally:
-        release_lease(ProposalRun, run_id, owner)
-    run.refresh_from_db()
-    events.publish_run(run)
-    return run
+
+    return execute_run(run_id, owner=owner, body=propose_and_store)
 
 
 def _fail(run: ProposalRun, message: str) -> None:
@@ -170,11 +190,33 @@ def store_proposals(run: ProposalRun, result) -> None:
     Reviewed instances are never touched, and a new proposal that overlaps one of them is
     dropped and counted as ``dropped_overlaps_reviewed``.
     """
+    candidates = [
+        (instance.polygon_level0, {
+            "predicted_iou": instance.predicted_iou,
+            "stability_score": instance.stability_score,
+        })
+        for instance in result.instances
+    ]
+    store_run_instances(
+        run, candidates, source=Instance.Source.SAM, counts=dict(result.counts),
+        tiles_total=result.tiles_total,
+    )
+
+
+def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: dict,
+                        tiles_total: int, class_names=()) -> int:
+    """Replace the slide's pending instances of ``source`` with ``candidates`` and finish the run.
+
+    ``candidates`` are (level-0 polygon, extra Instance fields) pairs. Everything happens
+    in one transaction. Reviewed instances are never touched, and a candidate that
+    overlaps one of them is dropped and counted as ``dropped_overlaps_reviewed``. With
+    ``class_names`` the counts also get ``stored_per_class``. Returns the number stored.
+    """
     slide = run.slide
-    counts = dict(result.counts)
     with transaction.atomic():
-        Instance.objects.filter(slide=slide, source=Instance.Source.SAM,
-                                review_state=Instance.ReviewState.PENDING).delete()
+        Instance.objects.filter(
+            slide=slide, source=source, review_state=Instance.ReviewState.PENDING
+        ).delete()
         Instance.objects.filter(proposal_run=run).delete()
         reviewed = [
             shape(g) for g in Instance.objects.filter(slide=slide)
@@ -183,26 +225,28 @@ def store_proposals(run: ProposalRun, result) -> None:
         ]
         tree = STRtree(reviewed) if reviewed else None
         rows, dropped_reviewed = [], 0
-        for instance in result.instances:
-            polygon = instance.polygon_level0
+        for polygon, fields in candidates:
             if tree is not None and _overlaps_any(polygon, tree, reviewed):
                 dropped_reviewed += 1
                 continue
             rows.append(instance_row(
-                polygon, slide=slide, mpp=slide.mpp, proposal_run=run,
-                source=Instance.Source.SAM, predicted_iou=instance.predicted_iou,
-                stability_score=instance.stability_score,
+                polygon, slide=slide, mpp=slide.mpp, proposal_run=run, source=source, **fields
             ))
         Instance.objects.bulk_create(rows, batch_size=2000)
         counts["dropped_overlaps_reviewed"] = dropped_reviewed
         counts["stored"] = len(rows)
+        if class_names:
+            counts["stored_per_class"] = {
+                name: sum(row.class_name == name for row in rows) for name in class_names
+            }
         ProposalRun.objects.filter(pk=run.pk).update(
             status=ProposalRun.Status.SUCCEEDED,
             counts=counts,
-            tiles_done=result.tiles_total,
-            tiles_total=result.tiles_total,
+            tiles_done=tiles_total,
+            tiles_total=tiles_total,
             finished_at=timezone.now(),
         )
+    return len(rows)
 
 
 def _overlaps_any(polygon, tree, reviewed) -> bool:

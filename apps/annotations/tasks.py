@@ -23,3 +23,12 @@ def run_proposals(run_id: int) -> None:
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
     services.execute_proposal_run(run_id, owner=_worker_id())
+
+
+@shared_task(name="apps.annotations.tasks.run_segmentation")
+def run_segmentation(run_id: int) -> None:
+    from .segmentation import execute_segmentation_run
+
+    if settings.NEPHROWEB_TORCH_THREADS > 0:
+        torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
+    execute_segmentation_run(run_id, owner=_worker_id())

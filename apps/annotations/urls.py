@@ -8,6 +8,11 @@ urlpatterns = [
         api.ProposalRunListView.as_view(),
         name="api-proposal-runs",
     ),
+    path(
+        "api/segmentation-models/",
+        api.SegmentationModelListView.as_view(),
+        name="api-segmentation-models",
+    ),
     path("api/proposal-runs/<int:run_id>/", api.ProposalRunDetailView.as_view(), name="api-proposal-run"),
     path(
         "api/slides/<int:slide_id>/instances/",

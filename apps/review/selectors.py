@@ -19,7 +19,9 @@ QUEUE_ORDERS = {
 def review_queue(*, order: str | None = None, slide=None, reviewer=None, limit: int = 200):
     """Pending instances in queue order, on one slide or on the slides assigned to ``reviewer``."""
     order = order or settings.NEPHROWEB_QUEUE_ORDER
-    queryset = Instance.objects.filter(review_state=Instance.ReviewState.PENDING)
+    queryset = Instance.objects.select_related("proposal_run__model_version").filter(
+        review_state=Instance.ReviewState.PENDING
+    )
     if slide is not None:
         queryset = queryset.filter(slide=slide)
     if reviewer is not None:

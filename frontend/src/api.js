@@ -105,6 +105,10 @@ export const api = {
     getJSON(`/api/slides/${slideId}/instances/?bbox=${bboxLevel0.map((v) => Math.round(v)).join(",")}&limit=${limit}`),
   proposalRuns: (slideId) => getJSON(`/api/slides/${slideId}/proposal-runs/`),
   startProposalRun: (slideId, body = {}) => postJSON(`/api/slides/${slideId}/proposal-runs/`, body),
+  // Trained model versions that can segment a slide, newest first.
+  segmentationModels: () => getJSON("/api/segmentation-models/"),
+  startSegmentationRun: (slideId, modelVersionId) =>
+    postJSON(`/api/slides/${slideId}/proposal-runs/`, { model_version: modelVersionId }),
   classes: () => getJSON("/api/classes/"),
   instance: (instanceId) => getJSON(`/api/instances/${instanceId}/`),
   // Pending instances of one slide, most uncertain first; `order` null means the server's default.

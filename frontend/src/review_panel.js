@@ -62,7 +62,7 @@ export class ReviewPanel {
       ["Predicted IoU", formatScore(properties.predicted_iou)],
       ["Class confidence", formatScore(properties.class_confidence)],
       ["Area", properties.area_um2 === undefined ? "–" : `${Math.round(properties.area_um2)} µm²`],
-      ["Source", properties.source || "–"],
+      ["Source", sourceLabel(properties)],
       ["Version", String(properties.version)],
     ];
     for (const [name, value] of rows) {
@@ -103,4 +103,11 @@ export class ReviewPanel {
     this.message.className = kind === "error" ? "error" : "note";
     this.message.dataset.status = String(status);
   }
+}
+
+// "model (model-3)" for a model version's prediction, else the source as stored.
+function sourceLabel(properties) {
+  if (!properties.source) return "–";
+  if (!properties.model_version_name) return properties.source;
+  return `${properties.source} (${properties.model_version_name})`;
 }

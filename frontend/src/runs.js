@@ -1,4 +1,5 @@
-// Proposal runs on the slide page: start button, live progress, per-stage counts.
+// Proposal runs on the slide page: SAM proposals or a segmentation run of a trained model
+// version, live progress, per-stage counts.
 //
 // Progress arrives on the slide's websocket. That channel may drop messages, so the panel
 // also reloads the runs from the API every few seconds while a run is active and after
@@ -14,8 +15,13 @@ const ACTIVE = new Set(["queued", "running"]);
 const COUNT_LABELS = {
   tiles_total: "tiles in the slide",
   tiles_skipped_no_tissue: "tiles skipped (too little tissue)",
-  tiles_processed: "tiles processed by SAM",
+  tiles_processed: "tiles processed",
+  tiles_not_reached: "tiles not reached (run stopped)",
   masks_generated: "masks generated",
+  dropped_low_predicted_iou: "dropped: predicted IoU below the threshold",
+  dropped_background: "dropped: classified as background",
+  dropped_low_class_probability: "dropped: class probability below the threshold",
+  dropped_tile_duplicate: "dropped: duplicate within a tile",
   dropped_too_large: "dropped: larger than the area limit",
   dropped_too_small: "dropped: smaller than the minimum area",
   dropped_outside_tissue: "dropped: mostly outside tissue",
@@ -34,6 +40,8 @@ export class RunPanel {
     this.slideId = slideId;
     this.onRunFinished = onRunFinished;
     this.button = root.querySelector("#start-proposals");
+    this.segmentButton = root.querySelector("#start-segmentation");
+    this.modelSelect = root.querySelector("#segment-model");
     this.progress = root.querySelector("#run-progress");
     this.status = root.querySelector("#run-status");
     this.message = root.querySelector("#run-message");
@@ -42,21 +50,64 @@ export class RunPanel {
     this.lastRunId = null; // null until the first look at the slide's runs
     this.resyncTimer = null;
 
+    this.active = false;
+    this.hasModels = false;
+
     if (this.button) this.button.addEventListener("click", () => this.start());
+    if (this.segmentButton) {
+      this.segmentButton.addEventListener("click", () => this.start(Number(this.modelSelect.value)));
+      this.loadModels();
+    }
     events.on("run.progress", (message) => this.show(message.run));
     events.onConnect(() => this.resync());
     this.resync();
   }
 
-  async start() {
-    this.button.disabled = true;
+  async loadModels() {
+    let versions = [];
+    try {
+      versions = await api.segmentationModels();
+    } catch (error) {
+      this.message.textContent = `Could not load the trained models: ${error.message}`;
+    }
+    const options = versions.map((version) => {
+      const option = document.createElement("option");
+      option.value = String(version.id);
+      option.textContent = `${version.name} (${version.class_names.length} classes)`;
+      return option;
+    });
+    if (options.length === 0) {
+      const none = document.createElement("option");
+      none.value = "";
+      none.textContent = "no trained model yet";
+      options.push(none);
+    }
+    this.modelSelect.replaceChildren(...options);
+    this.modelSelect.disabled = versions.length === 0;
+    this.hasModels = versions.length > 0;
+    this.updateButtons();
+  }
+
+  updateButtons() {
+    if (this.button) this.button.disabled = this.active;
+    if (this.segmentButton) this.segmentButton.disabled = this.active || !this.hasModels;
+  }
+
+  // Start SAM proposals, or a segmentation run when a model version id is given.
+  async start(modelVersionId = null) {
+    this.active = true;
+    this.updateButtons();
     this.message.textContent = "";
     try {
-      const run = await api.startProposalRun(this.slideId);
+      const run = modelVersionId
+        ? await api.startSegmentationRun(this.slideId, modelVersionId)
+        : await api.startProposalRun(this.slideId);
       this.show(run);
     } catch (error) {
-      this.message.textContent = `Could not start proposals: ${error.message}`;
-      this.button.disabled = false;
+      const what = modelVersionId ? "segmentation" : "proposals";
+      this.message.textContent = `Could not start ${what}: ${error.message}`;
+      this.active = false;
+      this.updateButtons();
     }
     this.scheduleResync();
   }
@@ -82,13 +133,22 @@ export class RunPanel {
   show(run) {
     const active = ACTIVE.has(run.status);
     this.root.dataset.runStatus = run.status;
-    if (this.button) this.button.disabled = active;
+    this.active = active;
+    this.updateButtons();
     this.progress.max = Math.max(run.tiles_total, 1);
     this.progress.value = run.tiles_done;
     const tiles = run.tiles_total ? ` (${run.tiles_done} / ${run.tiles_total} tiles)` : "";
-    this.status.textContent = `Proposal run ${run.id}: ${run.status}${tiles}`;
+    const kind = run.model_version_name
+      ? `Segmentation run ${run.id} with ${run.model_version_name}`
+      : `SAM proposal run ${run.id}`;
+    this.status.textContent = `${kind}: ${run.status}${tiles}`;
     this.message.textContent = run.status === "failed" ? run.message : "";
-    if (run.status === "succeeded" && run.counts && run.counts.masks_generated === 0) {
+    if (run.model_version_name && run.status === "succeeded" && run.counts
+        && run.counts.masks_generated > 0 && run.counts.stored === 0) {
+      this.message.textContent =
+        "The model kept no outline: every mask fell below its thresholds or was background.";
+    } else if (!run.model_version_name && run.status === "succeeded" && run.counts
+        && run.counts.masks_generated === 0) {
       const settings = run.settings || {};
       this.message.textContent =
         `SAM produced no mask above its quality thresholds (predicted IoU ${settings.pred_iou_thresh}, ` +
@@ -110,13 +170,18 @@ export class RunPanel {
 
   renderCounts(counts) {
     this.counts.replaceChildren();
-    for (const [key, label] of Object.entries(COUNT_LABELS)) {
-      if (!(key in counts)) continue;
+    const rows = Object.entries(COUNT_LABELS)
+      .filter(([key]) => key in counts)
+      .map(([key, label]) => [key, label, counts[key]]);
+    for (const [className, count] of Object.entries(counts.stored_per_class || {})) {
+      rows.push([`stored:${className}`, `stored as ${className}`, count]);
+    }
+    for (const [key, label, count] of rows) {
       const row = document.createElement("tr");
       const name = document.createElement("th");
       name.textContent = label;
       const value = document.createElement("td");
-      value.textContent = String(counts[key]);
+      value.textContent = String(count);
       value.dataset.count = key;
       row.append(name, value);
       this.counts.append(row);

@@ -11,7 +11,7 @@ import pytest
 
 from tests.processes import celery_worker, child_environment, web_server
 from tests.sam_factory import save_tiny_checkpoint
-from tests.web.conftest import FAST_PROPOSALS
+from tests.web.conftest import FAST_PROPOSALS, FAST_SEGMENTATION
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a closed network: no background requests to outside hosts.
@@ -59,6 +59,7 @@ def live_product(transactional_db, redis_url, tmp_path):
         REDIS_URL=redis_url,
         NEPHROWEB_SAM_CHECKPOINT=str(checkpoint),
         NEPHROWEB_PROPOSALS_JSON=json.dumps(FAST_PROPOSALS),
+        NEPHROWEB_SEGMENTATION_JSON=json.dumps(FAST_SEGMENTATION),
     )
     with celery_worker(env, tmp_path / "worker.log"), web_server(env, tmp_path / "web.log") as url:
         yield url

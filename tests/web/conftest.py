@@ -14,6 +14,12 @@ FAST_PROPOSALS = {
     "min_area_um2": 50.0,
 }
 
+# The same for segmentation runs of a tiny class-aware model (NEPHROWEB_SEGMENTATION).
+FAST_SEGMENTATION = {
+    "points_per_side": 4, "points_per_batch": 16, "min_predicted_iou": 0.0,
+    "min_class_probability": 0.0,
+}
+
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):

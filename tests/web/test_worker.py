@@ -66,7 +66,7 @@ def test_worker_runs_proposals_and_streams_progress(shared_data, redis_url, tiny
     run.refresh_from_db()
     log = (tmp_path / "worker.log").read_text()
     assert run.status == ProposalRun.Status.SUCCEEDED, run.message + "\n" + log[-3000:]
-    assert f"Proposal run {run.pk} stored" in log
+    assert f"Run {run.pk} stored" in log
     statuses = [m["run"]["status"] for m in messages]
     assert statuses[0] == "running"
     assert statuses[-1] == "succeeded"
