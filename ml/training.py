@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from ml.class_aware import ClassAwareSam, DecoderOutput, set_trainable
 from ml.errors import NephrowebError, SettingsError
+from ml.evaluation import EvaluationInstance, evaluate_instances
 from ml.model_files import ClassAwareMetadata
 # AugmentConfig is imported for callers that take every training name from this module.
 from ml.training_config import AugmentConfig, LossWeights, TrainingConfig, learning_rate_at  # noqa: F401
@@ -352,7 +353,7 @@ def train(
             logger.info("Training cancelled during epoch %d; resuming repeats it", epoch)
             model.eval()
             return _result(state, folder, cancelled=True, loop=loop)
-        val_loss, val_accuracy = loop.validate()
+        validation = loop.validate()
         record = EpochRecord(
             epoch=epoch,
             train_loss=epoch_losses["total"],
@@ -360,19 +361,22 @@ def train(
             train_bce=epoch_losses["bce"],
             train_ce=epoch_losses["ce"],
             train_iou_mse=epoch_losses["iou_mse"],
-            val_loss=val_loss,
-            val_class_accuracy=val_accuracy,
+            val_loss=validation.loss,
+            val_class_accuracy=validation.class_accuracy,
             learning_rate=optimizer.param_groups[0]["lr"],
             seconds=time.perf_counter() - started,
+            val_map=validation.map,
+            val_map50=validation.map50,
         )
         improved = _update_state(state, record, config)
         save_checkpoint(folder, model, optimizer, state, config, fingerprint, metadata, improved)
         logger.info(
             "Epoch %d/%d: train loss %.4f (dice %.4f, bce %.4f, ce %.4f, iou mse %.4f), "
-            "val loss %s, val class accuracy %s, lr %.3g, %.1f s",
+            "val loss %s, val class accuracy %s, val mAP %s, lr %.3g, %.1f s",
             epoch, config.epochs, record.train_loss, record.train_dice, record.train_bce,
             record.train_ce, record.train_iou_mse, _format_optional(record.val_loss),
-            _format_optional(record.val_class_accuracy), record.learning_rate, record.seconds,
+            _format_optional(record.val_class_accuracy), _format_optional(record.val_map),
+            record.learning_rate, record.seconds,
         )
         if progress is not None:
             progress(epoch, state.optimizer_step, _record_metrics(record))
@@ -498,10 +502,16 @@ class _TrainingLoop:
         return {name: total / prompt_count for name, total in sums.items()}
 
     @torch.no_grad()
-    def validate(self) -> tuple[float | None, float | None]:
-        """Return the mean validation loss and class accuracy, or (None, None) without data."""
+    def validate(self) -> Validation:
+        """Return the mean validation loss, class accuracy and mask mAP (all None without data).
+
+        Each validation instance is prompted once, as in training but without augmentation.
+        The mAP is COCO's, through pycocotools, at the mask-logit resolution (4G x 4G per
+        image): a prompt's mask is its logits above 0, its class the top class, and its
+        score the predicted IoU times that class's probability.
+        """
         if not self.val_items:
-            return None, None
+            return Validation(None, None, None, None)
         self.model.eval()
         identity = {
             index: AugmentationChoice(IDENTITY_TRANSFORM, (1.0, 1.0, 1.0))
@@ -509,6 +519,7 @@ class _TrainingLoop:
         }
         loss_sum = 0.0
         correct = 0
+        truth, predictions = [], []
         size = self.config.batch_size
         for start in range(0, len(self.val_items), size):
             items = self.val_items[start:start + size]
@@ -522,8 +533,16 @@ class _TrainingLoop:
             check_finite(terms, 0, 0)
             loss_sum += float(terms.total) * len(items)
             correct += int((output.class_logits.argmax(dim=1) == batch.target_classes).sum())
+            batch_truth, batch_predictions = _evaluation_instances(
+                items, output, batch, self.model.class_names
+            )
+            truth += batch_truth
+            predictions += batch_predictions
         self.model.train()
-        return loss_sum / len(self.val_items), correct / len(self.val_items)
+        mean = evaluate_instances(truth, predictions, self.model.class_names).mean
+        return Validation(
+            loss_sum / len(self.val_items), correct / len(self.val_items), mean.ap, mean.ap50
+        )
 
     def _forward(
         self,
@@ -597,6 +616,40 @@ class _TrainingLoop:
         self.uncached_encoder_runs += len(unique)
         position = {index: row for row, index in enumerate(unique)}
         return embedded[[position[item.sample_index] for item in items]]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Validation numbers of one epoch, each None without validation instances."""
+
+    loss: float | None
+    class_accuracy: float | None
+    map: float | None
+    map50: float | None
+
+
+def _evaluation_instances(
+    items: Sequence[PromptItem], output: DecoderOutput, batch, class_names: Sequence[str]
+) -> tuple[list[EvaluationInstance], list[EvaluationInstance]]:
+    """Turn one validation batch into truth and predictions for ml.evaluation, per image."""
+    probabilities = output.class_logits.float().softmax(dim=1)
+    top_probability, top_class = probabilities.max(dim=1)
+    scores = output.iou_pred[:, 0].float().clamp(0, 1) * top_probability
+    masks = (output.mask_logits[:, 0] > 0).cpu().numpy()
+    targets = (batch.target_masks[:, 0] > 0.5).cpu().numpy()
+    target_classes = batch.target_classes.cpu().tolist()
+    truth, predictions = [], []
+    for row, item in enumerate(items):
+        if targets[row].any():
+            truth.append(EvaluationInstance(
+                item.sample_index, class_names[target_classes[row]], mask=targets[row]
+            ))
+        if masks[row].any():
+            predictions.append(EvaluationInstance(
+                item.sample_index, class_names[int(top_class[row])], mask=masks[row],
+                score=float(scores[row]),
+            ))
+    return truth, predictions
 
 
 def _check_inputs(

@@ -51,6 +51,9 @@ class EpochRecord:
         val_class_accuracy: Share of validation prompts whose top class is right.
         learning_rate: Learning rate of the epoch's last optimizer step.
         seconds: Wall-clock duration of the epoch including validation.
+        val_map: COCO mask mAP (IoU 0.50:0.05:0.95, mean over classes with validation
+            instances) of the validation prompts' masks, None without them.
+        val_map50: The same at IoU 0.5.
     """
 
     epoch: int
@@ -63,6 +66,8 @@ class EpochRecord:
     val_class_accuracy: float | None
     learning_rate: float
     seconds: float
+    val_map: float | None = None
+    val_map50: float | None = None
 
 
 @dataclass

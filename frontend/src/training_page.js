@@ -20,7 +20,11 @@ const LOSS_SERIES = [
   { key: "train_ce", label: "train class CE", color: "#d68910", dashed: true },
   { key: "train_iou_mse", label: "train IoU MSE", color: "#16a085", dashed: true },
 ];
-const ACCURACY_SERIES = [{ key: "val_class_accuracy", label: "validation", color: "#c0392b" }];
+const ACCURACY_SERIES = [
+  { key: "val_class_accuracy", label: "class accuracy", color: "#c0392b" },
+  { key: "val_map", label: "mask mAP", color: "#1f4fbf" },
+  { key: "val_map50", label: "mask AP50", color: "#1f4fbf", dashed: true },
+];
 
 function cell(text) {
   const td = document.createElement("td");
@@ -384,7 +388,7 @@ class VersionList {
       series: LOSS_SERIES, rows: version.metrics, epochs, bestEpoch: version.best_epoch,
     });
     drawCurves(detail.querySelector("#accuracy-chart"), {
-      title: "Validation class accuracy",
+      title: "Validation class accuracy and mask mAP",
       series: ACCURACY_SERIES, rows: version.metrics, epochs, bestEpoch: version.best_epoch, yRange: [0, 1],
     });
   }
@@ -400,6 +404,8 @@ class VersionList {
         cell(formatMetric(row.train_loss)),
         cell(formatMetric(row.val_loss)),
         cell(formatMetric(row.val_class_accuracy, 3)),
+        cell(formatMetric(row.val_map, 3)),
+        cell(formatMetric(row.val_map50, 3)),
         cell(formatMetric(row.learning_rate, 3)),
         cell(formatMetric(row.seconds, 3)),
       );

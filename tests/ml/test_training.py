@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from ml.class_aware import DecoderOutput, from_sam
 from ml.errors import SettingsError
+from ml.evaluation import evaluate_instances
 from ml.model_files import load_class_aware
 from ml.training import (
     STATE_FILE,
@@ -31,10 +33,12 @@ from ml.training import (
     compute_losses,
     dice_loss,
     learning_rate_at,
+    _evaluation_instances,
     train,
 )
 from ml.training_data import (
     NUM_TRANSFORMS,
+    PromptItem,
     TrainingSample,
     apply_transform,
     balanced_class_weights,
@@ -535,3 +539,46 @@ def test_trainable_encoder_changes_and_runs_every_batch(tmp_path):
     assert not torch.equal(before[key], after[key])
     # 6 prompts in batches of 2 from 2 images: each batch encodes its 1 or 2 distinct images.
     assert 3 <= result.encoder_runs <= 6
+
+
+def _validation_batch(class_logits):
+    """Two images, three instances: squares at the logit resolution, predicted exactly."""
+    targets = torch.zeros(3, 1, 16, 16)
+    targets[0, 0, 2:6, 2:6] = 1
+    targets[1, 0, 8:14, 8:14] = 1
+    targets[2, 0, 4:10, 4:10] = 1
+    output = DecoderOutput(
+        mask_logits=torch.where(targets > 0.5, 8.0, -8.0),
+        iou_pred=torch.ones(3, 1),
+        class_logits=torch.tensor(class_logits, dtype=torch.float32),
+    )
+    batch = SimpleNamespace(target_masks=targets, target_classes=torch.tensor([0, 1, 0]))
+    items = [PromptItem(0, 0), PromptItem(0, 1), PromptItem(1, 0)]
+    return items, output, batch
+
+
+def test_validation_map_of_exact_masks_is_one():
+    items, output, batch = _validation_batch([[5, 0], [0, 5], [5, 0]])
+    truth, predictions = _evaluation_instances(items, output, batch, ["tubule", "glomerulus"])
+    assert (len(truth), len(predictions)) == (3, 3)
+    result = evaluate_instances(truth, predictions, ["tubule", "glomerulus"])
+    assert result.mean.ap == pytest.approx(1.0)
+    assert result.mean.ap50 == pytest.approx(1.0)
+
+
+def test_validation_map_counts_wrong_class_as_miss():
+    # The glomerulus is called a tubule, so it is a tubule false positive and a missed
+    # glomerulus.
+    items, output, batch = _validation_batch([[5, 0], [5, 0], [5, 0]])
+    truth, predictions = _evaluation_instances(items, output, batch, ["tubule", "glomerulus"])
+    result = evaluate_instances(truth, predictions, ["tubule", "glomerulus"])
+    per_class = {metrics.class_name: metrics for metrics in result.per_class}
+    assert per_class["glomerulus"].ap == 0.0
+    assert per_class["glomerulus"].recall == 0.0
+    assert per_class["tubule"].recall == 1.0
+    assert per_class["tubule"].precision == pytest.approx(2 / 3)
+
+
+def test_epochs_record_validation_map(three_epoch_run):
+    history = three_epoch_run["result"].history
+    assert all(0.0 <= record.val_map <= record.val_map50 <= 1.0 for record in history)

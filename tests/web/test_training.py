@@ -160,6 +160,7 @@ def test_train_command_end_to_end(annotated, data_dir, settings, tiny_checkpoint
     assert [row["epoch"] for row in version.metrics] == [1, 2]
     assert all("train_loss" in row for row in version.metrics)
     assert all("val_loss" in row for row in version.metrics)
+    assert all(0.0 <= row["val_map"] <= row["val_map50"] <= 1.0 for row in version.metrics)
     assert version.best_epoch in (1, 2)
     assert version.weights_path.endswith("best.safetensors")
     model, metadata = load_class_aware(version.weights_path)
