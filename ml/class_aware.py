@@ -426,8 +426,17 @@ class ClassAwareSam(nn.Module):
 def build_class_aware_sam(
     architecture: SamArchitecture, class_names: Sequence[str]
 ) -> ClassAwareSam:
-    """Build a class-aware SAM with random weights, in eval mode (for loading saved weights)."""
+    """Build a class-aware SAM with random weights, in eval mode (for loading saved weights).
+
+    An ``efficientnet_lite0`` architecture gets that encoder in place of the ViT, with
+    random weights too.
+    """
     model = ClassAwareSam(build_sam(architecture), class_names)
+    if architecture.image_encoder == "efficientnet_lite0":
+        from ml.efficientnet_lite import EfficientNetLite0Encoder
+
+        model.image_encoder = EfficientNetLite0Encoder()
+        model.architecture = architecture
     model.eval()
     return model
 

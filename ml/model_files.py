@@ -331,9 +331,17 @@ def _check_against_metadata(
     weights: Path,
     json_path: Path,
 ) -> None:
-    """Compare the architecture and class count in the JSON with the tensor shapes."""
+    """Compare the architecture and class count in the JSON with the tensor shapes.
+
+    Only a ViT architecture can be read from the tensors. Other encoders are checked by
+    the strict load that follows.
+    """
     try:
-        architecture = infer_architecture(tensors)
+        architecture = (
+            infer_architecture(tensors)
+            if metadata.architecture.image_encoder == "vit"
+            else metadata.architecture
+        )
     except CheckpointError as exc:
         raise CheckpointError(f"Class-aware model weights {weights}: {exc}") from exc
     if architecture != metadata.architecture:

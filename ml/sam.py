@@ -53,6 +53,9 @@ _IOU_HEAD_HIDDEN_DIM = 256
 _BLOCK_KEY = re.compile(r"^image_encoder\.blocks\.(\d+)\.")
 
 
+IMAGE_ENCODERS = ("vit", "efficientnet_lite0")
+
+
 @dataclass(frozen=True)
 class SamArchitecture:
     """Hyperparameters that differ between SAM variants.
@@ -66,6 +69,9 @@ class SamArchitecture:
         prompt_embed_dim: Width of image embeddings, prompt embeddings and the decoder.
         image_size: Side of the square model input in pixels (images are resized to it).
         patch_size: Side of one ViT patch in pixels.
+        image_encoder: "vit" for SAM's ViT (every official model), or
+            "efficientnet_lite0" for the ImageNet EfficientNet-Lite0 of
+            ``ml.efficientnet_lite``, a small CPU option whose ViT fields are unused.
     """
 
     encoder_embed_dim: int
@@ -76,8 +82,13 @@ class SamArchitecture:
     prompt_embed_dim: int = 256
     image_size: int = 1024
     patch_size: int = 16
+    image_encoder: str = "vit"
 
     def __post_init__(self) -> None:
+        if self.image_encoder not in IMAGE_ENCODERS:
+            raise SettingsError(
+                f"image_encoder is {self.image_encoder!r}, expected one of {list(IMAGE_ENCODERS)}."
+            )
         object.__setattr__(
             self, "encoder_global_attn_indexes", tuple(self.encoder_global_attn_indexes)
         )

@@ -27,6 +27,8 @@ LEASE_RENEW_INTERVAL_S = 30.0
 TRAINING_GROUP = "training"
 # SAM's input side: a crop of this size reaches the image encoder without resizing.
 DEFAULT_CROP_PX = 1024
+# A base_checkpoint naming the small ImageNet EfficientNet-Lite0 model instead of a file.
+EFFICIENTNET_BASE = "efficientnet-lite0"
 FINAL_STATES = (
     ModelVersion.Status.SUCCEEDED, ModelVersion.Status.FAILED, ModelVersion.Status.CANCELLED
 )
@@ -69,7 +71,9 @@ def start_training(
     """Create a queued model version and enqueue its task once the row is committed.
 
     The run starts from ``base_version``'s weights when one is given, otherwise from the
-    SAM checkpoint ``base_checkpoint`` (empty: the configured one). ``config_overrides``
+    SAM checkpoint ``base_checkpoint`` (empty: the configured one). The base_checkpoint
+    ``EFFICIENTNET_BASE`` starts instead from a small model whose image encoder is
+    ImageNet EfficientNet-Lite0, which trains on a CPU in minutes. ``config_overrides``
     are TrainingConfig fields. Without a "device" the worker trains on CUDA when it has a
     GPU and on the CPU otherwise. ``mpp`` and ``crop_px`` default to the base version's,
     and without a base version to the proposal working mpp and 1024.
@@ -86,6 +90,11 @@ def start_training(
         crop_px = base_version.crop_px if crop_px is None else crop_px
     mpp = float(settings.NEPHROWEB_PROPOSALS["mpp"]) if mpp is None else mpp
     crop_px = DEFAULT_CROP_PX if crop_px is None else crop_px
+    if base_checkpoint == EFFICIENTNET_BASE and isinstance(crop_px, int) and crop_px % 16:
+        raise SettingsError(
+            f"crop_px is {crop_px}, but the EfficientNet-Lite0 encoder needs a multiple of 16. "
+            "Choose e.g. 256."
+        )
     if isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0.05 <= mpp <= 50:
         raise SettingsError(f"mpp is {mpp!r}, expected microns per pixel from 0.05 to 50.")
     if isinstance(crop_px, bool) or not isinstance(crop_px, int) or not 16 <= crop_px <= 4096:
@@ -112,7 +121,7 @@ def start_training(
             transaction.on_commit(lambda: run_training.delay(version.pk))
     logger.info(
         "Queued training of model version %s on snapshot %s from %s", version.pk, snapshot.pk,
-        f"model version {base_version.pk}" if base_version else "a SAM checkpoint",
+        f"model version {base_version.pk}" if base_version else base_checkpoint or "a SAM checkpoint",
     )
     return version
 
@@ -248,10 +257,12 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     config = TrainingConfig.from_dict(version.config)
     if version.device_auto:
         config = replace(config, device="cuda" if torch.cuda.is_available() else "cpu")
-    if version.base_version_id is None:
-        model = _model_from_sam_checkpoint(version)
-    else:
+    if version.base_version_id is not None:
         model = _model_from_base_version(version, config.seed)
+    elif version.base_checkpoint == EFFICIENTNET_BASE:
+        model = _model_from_efficientnet(version, config.seed)
+    else:
+        model = _model_from_sam_checkpoint(version)
 
     samples = snapshots.training_samples(version.snapshot, version.mpp, version.crop_px)
     if not samples.train:
@@ -323,6 +334,30 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
         "Model version %s succeeded: best epoch %d, weights %s",
         version.pk, version.best_epoch, version.weights_path,
     )
+
+
+def _model_from_efficientnet(version: ModelVersion, seed: int):
+    """Build a class-aware model on ImageNet EfficientNet-Lite0 for the version's crop size.
+
+    The prompt encoder and decoder start from random weights drawn from ``seed``.
+    """
+    import torch
+
+    from ml.checkpoints import file_sha256
+    from ml.class_aware import build_class_aware_sam
+    from ml.efficientnet_lite import (
+        efficientnet_architecture,
+        load_imagenet_state_dict,
+        use_efficientnet_encoder,
+        weights_path,
+    )
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_class_aware_sam(efficientnet_architecture(version.crop_px), version.class_names)
+    use_efficientnet_encoder(model, load_imagenet_state_dict())
+    version.base_checkpoint_sha256 = file_sha256(weights_path())
+    return model
 
 
 def _model_from_sam_checkpoint(version: ModelVersion):

@@ -160,19 +160,23 @@ def build_snapshot(user, seed: int, validation_fraction: float, parent=None) -> 
 
 @dataclass(frozen=True)
 class SnapshotSamples:
-    """Training samples of one snapshot, one per included instance.
+    """Training samples of one snapshot: one crop per included instance that no earlier
+    crop of its slide contains whole.
 
     Attributes:
         train: Samples of train patients, in instance id order.
         validation: Samples of validation patients, in instance id order.
         crops_read: Crops read from slide files in this call.
         crops_cached: Crops loaded from the on-disk crop cache in this call.
+        instances_in_earlier_crops: Instances that got no crop of their own because an
+            earlier crop of the slide contains them whole, as one of its targets.
     """
 
     train: list[TrainingSample]
     validation: list[TrainingSample]
     crops_read: int
     crops_cached: int
+    instances_in_earlier_crops: int = 0
 
 
 def crop_cache_dir() -> Path:
@@ -280,13 +284,23 @@ def training_samples(snapshot: TrainingSnapshot, mpp: float, crop_px: int) -> Sn
         items_by_slide[item.slide_id].append(item)
 
     samples: dict[int, tuple[str, TrainingSample]] = {}
-    crops_read = crops_cached = 0
+    crops_read = crops_cached = in_earlier_crops = 0
     for items in items_by_slide.values():
         slide = items[0].slide
         given_mpp = slide.mpp if slide.mpp_source == "given" else None
         with open_slide(slide.file_path, mpp=given_mpp) as slide_file:
             frame = slide_file.working_frame(mpp)
+            # Level-0 boxes of this slide's crops so far. On densely annotated tissue one
+            # crop per instance would repeat each neighbour as a target in many crops.
+            crop_boxes_level0: list[tuple[float, float, float, float]] = []
             for item in items:
+                if any(
+                    x0 <= item.x_min_level0 and y0 <= item.y_min_level0
+                    and item.x_max_level0 <= x1 and item.y_max_level0 <= y1
+                    for x0, y0, x1, y1 in crop_boxes_level0
+                ):
+                    in_earlier_crops += 1
+                    continue
                 path = crop_cache_path(item.instance_ref, item.version, mpp, crop_px)
                 cached = _load_crop(path)
                 if cached is not None:
@@ -305,6 +319,9 @@ def training_samples(snapshot: TrainingSnapshot, mpp: float, crop_px: int) -> Sn
                 sample = _sample_for(item, items, frame, origin_px, crop_px, image_rgb, class_index)
                 if sample is not None:
                     samples[item.instance_ref] = (item.split, sample)
+                    x0, y0 = frame.to_level0(origin_px[0], origin_px[1])
+                    x1, y1 = frame.to_level0(origin_px[0] + crop_px, origin_px[1] + crop_px)
+                    crop_boxes_level0.append((x0, y0, x1, y1))
 
     train = [s for ref, (split, s) in sorted(samples.items()) if split == SnapshotInstance.Split.TRAIN]
     validation = [
@@ -313,10 +330,11 @@ def training_samples(snapshot: TrainingSnapshot, mpp: float, crop_px: int) -> Sn
     ]
     logger.info(
         "Snapshot %s at %g mpp, %d px crops: %d train and %d validation samples "
-        "(%d crops read from slides, %d from the cache)",
+        "(%d crops read from slides, %d from the cache, %d instances only in other crops)",
         snapshot.pk, mpp, crop_px, len(train), len(validation), crops_read, crops_cached,
+        in_earlier_crops,
     )
-    return SnapshotSamples(train, validation, crops_read, crops_cached)
+    return SnapshotSamples(train, validation, crops_read, crops_cached, in_earlier_crops)
 
 
 def _sample_for(item, slide_items, frame, origin_px, crop_px, image_rgb, class_index):

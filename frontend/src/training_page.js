@@ -11,6 +11,9 @@ const IDLE_RESYNC_INTERVAL_MS = 15000;
 const RECONNECT_DELAY_MS = 2000;
 const ACTIVE = new Set(["queued", "running"]);
 const NO_VERSIONS = "No model version yet.";
+// The base checkpoint name of the small ImageNet EfficientNet-Lite0 model (CPU training).
+const EFFICIENTNET_BASE = "efficientnet-lite0";
+const EFFICIENTNET_CROP_PX = 256;
 
 const LOSS_SERIES = [
   { key: "train_loss", label: "train total", color: "#1f4fbf" },
@@ -25,6 +28,13 @@ const ACCURACY_SERIES = [
   { key: "val_map", label: "mask mAP", color: "#1f4fbf" },
   { key: "val_map50", label: "mask AP50", color: "#1f4fbf", dashed: true },
 ];
+
+// What a version started from: an earlier version, the EfficientNet model or a SAM checkpoint.
+function baseLabel(version) {
+  if (version.base_version) return `version ${version.base_version}`;
+  if (version.base_checkpoint === EFFICIENTNET_BASE) return "EfficientNet-Lite0";
+  return "SAM checkpoint";
+}
 
 function cell(text) {
   const td = document.createElement("td");
@@ -194,7 +204,10 @@ class VersionForm {
     const current = this.baseSelect.value;
     const bases = versions.filter((version) => version.status === "succeeded").sort((a, b) => b.id - a.id);
     this.baseVersions = new Map(bases.map((version) => [version.id, version]));
-    const options = [new Option("SAM checkpoint (configured)", "")];
+    const options = [
+      new Option("SAM checkpoint (configured)", ""),
+      new Option("EfficientNet-Lite0, ImageNet (small model for CPUs)", EFFICIENTNET_BASE),
+    ];
     for (const version of bases) {
       options.push(new Option(`Version ${version.id}: ${version.name} (snapshot ${version.snapshot})`, String(version.id)));
     }
@@ -206,12 +219,15 @@ class VersionForm {
     }
   }
 
-  // A base version brings its working resolution and crop side, and the SAM checkpoint field does not apply to it.
+  // A base version brings its working resolution and crop side, and the SAM checkpoint field
+  // applies to neither a base version nor the EfficientNet model.
   applyBase() {
+    const efficientNet = this.baseSelect.value === EFFICIENTNET_BASE;
     const base = this.baseVersions.get(Number(this.baseSelect.value));
-    this.checkpointInput.disabled = Boolean(base);
+    this.checkpointInput.disabled = Boolean(base) || efficientNet;
     this.mppInput.value = String(base ? base.mpp : this.defaults.mpp);
-    this.cropInput.value = String(base ? base.crop_px : this.defaults.crop_px);
+    const defaultCrop = efficientNet ? EFFICIENTNET_CROP_PX : this.defaults.crop_px;
+    this.cropInput.value = String(base ? base.crop_px : defaultCrop);
   }
 
   request() {
@@ -221,12 +237,15 @@ class VersionForm {
       if (input.dataset.kind === "device" && input.value === "") continue;
       setAt(config, input.dataset.config, input.dataset.kind === "device" ? input.value : inputValue(input));
     }
-    const baseVersion = this.baseSelect.value === "" ? null : Number(this.baseSelect.value);
+    const efficientNet = this.baseSelect.value === EFFICIENTNET_BASE;
+    const baseVersion = this.baseSelect.value === "" || efficientNet ? null : Number(this.baseSelect.value);
+    let checkpoint = baseVersion === null ? this.checkpointInput.value.trim() : "";
+    if (efficientNet) checkpoint = EFFICIENTNET_BASE;
     const body = {
       snapshot: this.snapshotSelect.value === "" ? null : Number(this.snapshotSelect.value),
       name: this.form.querySelector("#version-name").value.trim(),
       base_version: baseVersion,
-      checkpoint: baseVersion === null ? this.checkpointInput.value.trim() : "",
+      checkpoint,
       config,
     };
     for (const field of ["mpp", "crop_px"]) {
@@ -342,7 +361,7 @@ class VersionList {
         cell(String(version.id)),
         cell(version.name),
         cell(String(version.snapshot)),
-        cell(version.base_version ? `version ${version.base_version}` : "SAM checkpoint"),
+        cell(baseLabel(version)),
         cell(version.status),
         cell(`${version.metrics.length} / ${(version.config || {}).epochs ?? "?"}`),
         cell(version.best_epoch ? String(version.best_epoch) : "–"),
@@ -364,7 +383,7 @@ class VersionList {
     detail.dataset.epochsDone = String(version.metrics.length);
     detail.dataset.bestEpoch = String(version.best_epoch || 0);
     detail.dataset.baseVersion = version.base_version ? String(version.base_version) : "";
-    const start = version.base_version ? `from version ${version.base_version}` : "from a SAM checkpoint";
+    const start = `from ${baseLabel(version)}`;
     detail.querySelector("#version-detail-title").textContent =
       `Model version ${version.id}: ${version.name} (snapshot ${version.snapshot}, ${start})`;
     const progress = detail.querySelector("#version-epoch-progress");

@@ -59,7 +59,7 @@ def _wait_for_status(page, status, timeout=TRAINING_TIMEOUT_MS):
 
 
 def _base_choices(page):
-    """Return the values of the "Start from" options; "" is the SAM checkpoint."""
+    """Return the values of the "Start from" options: "" is the configured SAM checkpoint."""
     return page.locator("#version-base option").evaluate_all("options => options.map(o => o.value)")
 
 
@@ -95,7 +95,7 @@ def test_admin_trains_cancels_and_continues_on_page(
     assert in_thread(ModelVersion.objects.count) == 0
 
     # 1. A 2-epoch version from the configured SAM checkpoint succeeds.
-    assert _base_choices(page) == [""]
+    assert _base_choices(page) == ["", "efficientnet-lite0"]
     page.fill("#config-learning-rate", "0.0001")
     page.click("#version-form button[type=submit]")
     page.wait_for_selector("#version-detail[data-status]")
@@ -153,7 +153,7 @@ def test_admin_trains_cancels_and_continues_on_page(
 
     # 3. A version that continues from the first one: only succeeded versions are offered,
     # and choosing one fills in its crop side.
-    assert _base_choices(page) == ["", str(first.pk)]
+    assert _base_choices(page) == ["", "efficientnet-lite0", str(first.pk)]
     page.fill("#config-epochs", "2")
     page.fill("#version-crop-px", "128")
     page.select_option("#version-base", str(first.pk))

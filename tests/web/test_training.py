@@ -18,6 +18,7 @@ from apps.annotations.geometry import instance_row
 from apps.training import services, snapshots
 from apps.training.models import ModelVersion, SnapshotInstance, TrainingSnapshot
 from ml.class_aware import from_sam
+from ml.errors import SettingsError
 from ml.model_files import ClassAwareMetadata, ClassSpec, load_class_aware, save_class_aware
 from tests.conftest import create_slide_record
 from tests.sam_factory import make_tiny_sam
@@ -117,8 +118,10 @@ def test_crops_contain_object_and_neighbours(annotated, data_dir):
 
     first = snapshots.training_samples(snapshot, WORKING_MPP, CROP_PX)
 
-    assert (first.crops_read, first.crops_cached) == (4, 0)
-    assert len(first.train) == 4
+    # a2 gets no crop of its own when the random offset of a1's crop contains it whole.
+    assert first.crops_read + first.instances_in_earlier_crops == 4
+    assert first.crops_cached == 0
+    assert len(first.train) == first.crops_read
     assert first.validation == []
     a1_sample = first.train[0]
     assert a1_sample.image_rgb.shape == (CROP_PX, CROP_PX, 3)
@@ -132,17 +135,36 @@ def test_crops_contain_object_and_neighbours(annotated, data_dir):
     assert rows.max() < CROP_PX - 1
     assert cols.max() < CROP_PX - 1
     assert 350 <= own.sum() <= 450  # 40 level-0 px at 0.499 um/px is about 20 x 20 px
-    assert len(list((data_dir / "training" / "crops").glob("*.npz"))) == 4
+    assert len(list((data_dir / "training" / "crops").glob("*.npz"))) == first.crops_read
 
     second = snapshots.training_samples(snapshot, WORKING_MPP, CROP_PX)
-    assert (second.crops_read, second.crops_cached) == (0, 4)
+    assert (second.crops_read, second.crops_cached) == (0, first.crops_read)
     assert np.array_equal(second.train[0].image_rgb, a1_sample.image_rgb)
     assert np.array_equal(second.train[0].instance_masks, a1_sample.instance_masks)
 
-    _instance(annotated["b1"].slide, (1100, 1100, 1140, 1140), "glomerulus")
+    # A child snapshot cuts only the new annotation's crop; 1800 is beyond every crop
+    # that contains b1 or b2 (256 level-0 px wide).
+    _instance(annotated["b1"].slide, (1800, 1800, 1840, 1840), "glomerulus")
     child = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0, parent=snapshot)
     third = snapshots.training_samples(child, WORKING_MPP, CROP_PX)
-    assert (third.crops_read, third.crops_cached) == (1, 4)
+    assert (third.crops_read, third.crops_cached) == (1, first.crops_read)
+
+
+def test_instance_inside_earlier_crop_gets_no_crop(shared_data, data_dir):
+    slide = _slide(shared_data, "c", "P3")
+    # Any 256 level-0 px crop that contains the 240 px wide c1 contains c2 whole.
+    _instance(slide, (500, 500, 740, 740), "glomerulus")
+    _instance(slide, (600, 600, 620, 620), "vessel")
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+
+    samples = snapshots.training_samples(snapshot, WORKING_MPP, CROP_PX)
+
+    assert (samples.crops_read, samples.instances_in_earlier_crops) == (1, 1)
+    names = snapshot.class_names
+    assert samples.train[0].class_indices.tolist() == [names.index("glomerulus"), names.index("vessel")]
+    vessel_mask = samples.train[0].instance_masks[1]
+    # 20 level-0 px at 0.499 um/px is 9.98 px, which covers 10 or 11 pixel centres a side.
+    assert 100 <= vessel_mask.sum() <= 121
 
 
 def test_train_command_end_to_end(annotated, data_dir, settings, tiny_checkpoint):
@@ -520,3 +542,33 @@ def test_train_command_rejects_bad_base_version(annotated, data_dir):
     # No call left a snapshot or a model version behind.
     assert list(TrainingSnapshot.objects.values_list("pk", flat=True)) == [snapshot.pk]
     assert list(ModelVersion.objects.values_list("pk", flat=True)) == [queued.pk]
+
+
+def test_train_command_from_efficientnet_base(annotated, data_dir):
+    from ml.checkpoints import file_sha256
+    from ml.efficientnet_lite import weights_path
+
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    call_command(
+        "train", "--snapshot", str(snapshot.pk), "--epochs", "1", "--crop-px", str(CROP_PX),
+        "--mpp", str(WORKING_MPP), "--checkpoint", services.EFFICIENTNET_BASE,
+        "--config-json", json.dumps(FAST_CONFIG), stdout=io.StringIO(),
+    )
+
+    version = ModelVersion.objects.get(snapshot=snapshot)
+    assert version.status == ModelVersion.Status.SUCCEEDED, version.message
+    assert version.base_checkpoint == services.EFFICIENTNET_BASE
+    assert version.base_checkpoint_sha256 == file_sha256(weights_path())
+    loaded = load_class_aware(version.weights_path)
+    assert loaded.metadata.architecture.image_encoder == "efficientnet_lite0"
+    assert loaded.metadata.architecture.image_size == CROP_PX
+    assert loaded.model.class_names == tuple(snapshot.class_names)
+
+
+def test_efficientnet_base_rejects_crop_not_multiple_of_16(annotated):
+    snapshot = snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+    with pytest.raises(SettingsError, match="crop_px is 120"):
+        services.start_training(
+            snapshot, base_checkpoint=services.EFFICIENTNET_BASE, crop_px=120, enqueue=False
+        )
+    assert not ModelVersion.objects.exists()
