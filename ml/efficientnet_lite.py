@@ -133,8 +133,8 @@ class EfficientNetLite0Encoder(nn.Module):
 def efficientnet_architecture(image_size: int) -> SamArchitecture:
     """Return the SAM architecture whose prompt encoder and decoder fit the encoder's output.
 
-    The ViT fields are the smallest valid ones, because ``use_efficientnet_encoder``
-    replaces the ViT that ``build_sam`` makes from them.
+    ``image_encoder`` names EfficientNet-Lite0, so ``load_class_aware`` rebuilds saved models
+    with it. The ViT fields are the smallest valid ones and are unused.
     """
     return SamArchitecture(
         encoder_embed_dim=16,
