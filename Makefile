@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SLIDE ?=
+NO_MODEL ?=
 MPP ?=
 SAM_CHECKPOINT ?=
 # Tests use the PostgreSQL and Redis servers of this machine over real connections.
@@ -33,7 +34,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
 demo: env frontend
-	HOST=$(HOST) PORT=$(PORT) SLIDE=$(SLIDE) MPP=$(MPP) SAM_CHECKPOINT=$(SAM_CHECKPOINT) scripts/demo.sh
+	HOST=$(HOST) PORT=$(PORT) SLIDE=$(SLIDE) MPP=$(MPP) NO_MODEL=$(NO_MODEL) SAM_CHECKPOINT=$(SAM_CHECKPOINT) scripts/demo.sh
 
 test: env frontend browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,12 @@
-"""``manage.py setup_demo [--slide PATH] [--mpp F]``: a demo user and a slide to look at.
+"""``manage.py setup_demo [--slide PATH] [--mpp F] [--no-model]``: a demo user, a slide to
+look at and a model to segment it with.
 
 Creates the user ``demo`` in the admin role (or resets its password), writes the
 password to the data folder and prints it. Imports ``--slide``, or a generated sample
-slide without it. Running it again does not import the same file twice.
+slide without it. With the sample slide, its known objects become reviewed annotations
+and a model version is queued for training on them (apps/training/demo_model.py), unless
+``--no-model`` is given. Running it again does not import the same file twice nor queue
+a second model.
 """
 
 import secrets
@@ -27,12 +31,34 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--slide", default="", help="A slide to import instead of the sample.")
         parser.add_argument("--mpp", type=float, help="Microns per pixel, for files without one.")
+        parser.add_argument(
+            "--no-model", action="store_true",
+            help="Do not queue the demo model's training on the sample slide.",
+        )
 
     def handle(self, *args, **options):
         password = self._ensure_user()
-        slide = self._ensure_slide(options["slide"], options["mpp"])
+        slide, truth = self._ensure_slide(options["slide"], options["mpp"])
         self.stdout.write(f"demo user: {DEMO_USERNAME}  password: {password}")
         self.stdout.write(f"slide {slide.pk}: {slide.name} ({slide.width_px}x{slide.height_px} px)")
+        if slide.origin == Slide.Origin.SAMPLE and not options["no_model"]:
+            self._ensure_model(slide, truth)
+
+    def _ensure_model(self, slide, truth) -> None:
+        from apps.training.demo_model import ensure_demo_model
+
+        user = get_user_model().objects.get(username=DEMO_USERNAME)
+        try:
+            version = ensure_demo_model(slide, user, truth)
+        except NephrowebError as exc:
+            raise CommandError(f"Could not queue the demo model: {exc}") from None
+        if version.status == version.Status.SUCCEEDED:
+            self.stdout.write(f"demo model: version {version.pk} ({version.name}) is trained")
+        else:
+            self.stdout.write(
+                f"demo model: version {version.pk} ({version.name}) is {version.status}; the "
+                "worker trains it on the sample slide in a few minutes (Training page)"
+            )
 
     def _ensure_user(self) -> str:
         password_file = Path(settings.DATA_DIR) / "demo-password"
@@ -51,6 +77,8 @@ class Command(BaseCommand):
         return password
 
     def _ensure_slide(self, slide_path: str, mpp):
+        """Return the slide, and the sample's truth when this call wrote the sample (else None)."""
+        truth = None
         if slide_path:
             path = Path(slide_path).resolve()
             origin = Slide.Origin.IMPORT
@@ -61,11 +89,11 @@ class Command(BaseCommand):
             origin = Slide.Origin.SAMPLE
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_sample_slide(path)
+                truth = write_sample_slide(path)
         existing = Slide.objects.filter(file_path=str(path)).first()
         if existing is not None:
-            return existing
+            return existing, truth
         try:
-            return import_slide(path, mpp=mpp, origin=origin, patient_id="demo")
+            return import_slide(path, mpp=mpp, origin=origin, patient_id="demo"), truth
         except NephrowebError as exc:
             raise CommandError(str(exc)) from None
