@@ -43,10 +43,7 @@ class ProposalRunListView(APIView):
         if version_id is not None:
             version = segmentation.usable_model_versions().filter(pk=version_id).first()
             if version is None:
-                raise ValidationError({"model_version": (
-                    f"No trained model version {version_id}: choose one whose training "
-                    "succeeded."
-                )})
+                raise ValidationError({"model_version": segmentation.unusable_reason(version_id)})
             run = segmentation.start_segmentation_run(
                 slide, version, user=request.user, overrides=form.validated_data.get("settings")
             )

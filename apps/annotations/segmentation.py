@@ -35,6 +35,19 @@ def usable_model_versions():
     return ModelVersion.objects.filter(status=ModelVersion.Status.SUCCEEDED).exclude(weights_path="")
 
 
+def unusable_reason(version_id: int) -> str:
+    """Say why model version ``version_id`` cannot segment: it does not exist or has not succeeded."""
+    from apps.training.models import ModelVersion
+
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        return f"Model version {version_id} does not exist. Choose one whose training succeeded."
+    return (
+        f"Model version {version_id} ({version.name}) has status {version.status!r}, so it "
+        "cannot segment. Choose one whose training succeeded."
+    )
+
+
 def segmentation_settings(model_version, overrides: dict | None = None):
     """Build the run's settings: the model's mpp and tile size, then NEPHROWEB_SEGMENTATION,
     then ``overrides``; validated (SettingsError names the field)."""

@@ -79,7 +79,7 @@ export class RunPanel {
     if (options.length === 0) {
       const none = document.createElement("option");
       none.value = "";
-      none.textContent = "no trained model yet";
+      none.textContent = "no trained model yet (see the Training page)";
       options.push(none);
     }
     this.modelSelect.replaceChildren(...options);
@@ -118,6 +118,8 @@ export class RunPanel {
   }
 
   async resync() {
+    // A model version that finishes training while the page is open becomes selectable.
+    if (this.segmentButton && !this.hasModels) this.loadModels();
     try {
       const runs = await api.proposalRuns(this.slideId);
       if (runs.length > 0) this.show(runs[0]);
