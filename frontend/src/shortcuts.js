@@ -25,7 +25,7 @@ export const SHORTCUTS = [
   { command: "samBox", keys: ["b"], label: "SAM box", help: "SAM box: drag a box around an object and SAM outlines it", needs: "review", button: true },
   { command: "finish", keys: ["Enter"], label: "Finish", help: "Finish the polygon being drawn" },
   { command: "cancel", keys: ["Escape"], label: "Cancel", help: "Leave the current mode (discards a polygon being drawn)" },
-  { command: "delete", keys: ["Delete"], label: "Delete", help: "Delete the current object for good (undo restores it)", needs: "delete", button: true },
+  { command: "delete", keys: ["Delete"], label: "Delete", help: "Delete the current object (undo brings it back)", needs: "delete", button: true },
   { command: "toggleOverlay", keys: ["h"], label: "Hide", help: "Hide or show the polygons" },
   { command: "markRegion", keys: ["r"], label: "Mark reviewed", help: "Mark the visible area as fully reviewed (an evaluation region)", needs: "markRegion", button: true },
   { command: "zoomIn", keys: ["+", "="], label: "Zoom in", help: "Zoom in" },

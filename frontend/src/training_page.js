@@ -133,15 +133,23 @@ class SnapshotPanel {
     this.onChange(snapshots);
   }
 
-  // Offer every snapshot in `select`, newest first, keeping the current choice if it still exists.
-  fillSelect(select, snapshots, emptyLabel = null) {
+  // Offer every snapshot in `select`, newest first, keeping the current choice if it still
+  // exists. With `followNewest`, a snapshot newer than any offered before becomes the choice.
+  fillSelect(select, snapshots, emptyLabel = null, followNewest = false) {
     const current = select.value;
+    const newestBefore = Number(select.dataset.newestId || 0);
     select.replaceChildren();
     if (emptyLabel !== null) select.append(new Option(emptyLabel, ""));
     for (const snapshot of snapshots) {
       select.append(new Option(`Snapshot ${snapshot.id} (${snapshot.instance_count} objects)`, String(snapshot.id)));
     }
-    if ([...select.options].some((option) => option.value === current)) select.value = current;
+    const newest = Math.max(0, ...snapshots.map((snapshot) => snapshot.id));
+    select.dataset.newestId = String(newest);
+    if (followNewest && newestBefore > 0 && newest > newestBefore) {
+      select.value = String(newest);
+    } else if ([...select.options].some((option) => option.value === current)) {
+      select.value = current;
+    }
   }
 }
 
@@ -440,7 +448,7 @@ export function initTrainingPage(root) {
     onChange: (rows) => versionForm && versionForm.setBaseVersions(rows),
   });
   const snapshots = new SnapshotPanel(root, {
-    onChange: (rows) => versionForm && snapshots.fillSelect(versionForm.snapshotSelect, rows),
+    onChange: (rows) => versionForm && snapshots.fillSelect(versionForm.snapshotSelect, rows, null, true),
   });
   versionForm = new VersionForm(root, defaults, { onStarted: (version) => versions.add(version) });
   openTrainingSocket((progress) => versions.applyProgress(progress), () => versions.resync());

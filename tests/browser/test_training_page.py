@@ -182,6 +182,15 @@ def test_admin_trains_cancels_and_continues_on_page(
     version_row = page.locator(f"#version-rows tr[data-version-id='{third.pk}']")
     assert version_row.locator("td").nth(3).inner_text() == f"version {first.pk}"
 
+    # A new snapshot becomes the start form's choice.
+    page.click("#snapshot-form button[type=submit]")
+    page.wait_for_function("document.querySelectorAll('#snapshot-rows tr[data-snapshot-id]').length === 2")
+    newest = in_thread(lambda: TrainingSnapshot.objects.order_by("-id").first())
+    assert newest.pk != snapshot.pk
+    page.wait_for_function(
+        f"document.querySelector('#version-snapshot').value === '{newest.pk}'"
+    )
+
 
 def test_training_page_forbidden_to_pathologist(live_product, browser_page, make_user, shared_data):
     in_thread(_prepare, make_user, shared_data)
