@@ -214,7 +214,7 @@ export class ReviewSession {
       this.select(this.queue.at(0));
     } else if (this.queue.length === 0 && !this.startedQueue) {
       this.startedQueue = true;
-      this.showInfo("No pending objects on this slide. Run SAM proposals, or draw with d, s or b.");
+      this.showInfo("No pending objects on this slide. Run SAM proposals, segment with a trained model, or draw with d, s or b.");
     }
   }
 
