@@ -48,17 +48,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from shapely.strtree import STRtree
 
-from ml.class_aware import ClassAwareSam, build_class_aware_sam
-from ml.efficientnet_lite import (
-    efficientnet_architecture,
-    load_imagenet_state_dict,
-    use_efficientnet_encoder,
-)
+from ml.class_aware import ClassAwareSam
+from ml.efficientnet_lite import build_efficientnet_class_aware, efficientnet_architecture
 from ml.errors import CheckpointError
 from ml.sam import state_dict_problems
 from ml.sample_slide import SampleObject, SampleTruth
@@ -121,14 +116,7 @@ class DemoMeasurement:
 def build_demo_model(seed: int = 0) -> ClassAwareSam:
     """Build the demo model: ImageNet EfficientNet-Lite0, then a prompt encoder and decoder
     with random weights drawn from ``seed``."""
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = build_class_aware_sam(DEMO_ARCHITECTURE, DEMO_CLASS_NAMES)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    use_efficientnet_encoder(model, load_imagenet_state_dict())
-    return model
+    return build_efficientnet_class_aware(DEMO_CLASS_NAMES, DEMO_TILE_PX, seed)
 
 
 def load_demo_model(weights_path: str | Path) -> ClassAwareSam:

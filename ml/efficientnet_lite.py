@@ -2,7 +2,7 @@
 
 An option for CPU-only use: the offline demo model and the benchmark on KI tiles. It never
 replaces the SAM image encoders of models trained from official checkpoints. Its
-architecture says ``image_encoder="efficientnet_lite0"``, so ``load_class_aware`` rebuilds
+architecture sets ``image_encoder="efficientnet_lite0"``, so ``load_class_aware`` rebuilds
 it from saved weights.
 
 The network is built here with torch: the stem and blocks 0..10 of EfficientNet-Lite0
@@ -211,3 +211,23 @@ def use_efficientnet_encoder(model: ClassAwareSam, state_dict: dict[str, torch.T
     encoder.load_state_dict(state_dict, strict=True)
     model.image_encoder = encoder.to(next(model.parameters()).device)
     model.architecture = efficientnet_architecture(architecture.image_size)
+
+
+def build_efficientnet_class_aware(
+    class_names, image_size: int, seed: int = 0
+) -> ClassAwareSam:
+    """Build a class-aware SAM on ImageNet EfficientNet-Lite0 for ``image_size`` px input.
+
+    The prompt encoder, decoder and class head get random weights drawn from ``seed``,
+    without changing PyTorch's global random state.
+    """
+    from ml.class_aware import build_class_aware_sam
+
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = build_class_aware_sam(efficientnet_architecture(image_size), class_names)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    use_efficientnet_encoder(model, load_imagenet_state_dict())
+    return model

@@ -341,21 +341,10 @@ def _model_from_efficientnet(version: ModelVersion, seed: int):
 
     The prompt encoder and decoder start from random weights drawn from ``seed``.
     """
-    import torch
-
     from ml.checkpoints import file_sha256
-    from ml.class_aware import build_class_aware_sam
-    from ml.efficientnet_lite import (
-        efficientnet_architecture,
-        load_imagenet_state_dict,
-        use_efficientnet_encoder,
-        weights_path,
-    )
+    from ml.efficientnet_lite import build_efficientnet_class_aware, weights_path
 
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_class_aware_sam(efficientnet_architecture(version.crop_px), version.class_names)
-    use_efficientnet_encoder(model, load_imagenet_state_dict())
+    model = build_efficientnet_class_aware(version.class_names, version.crop_px, seed)
     version.base_checkpoint_sha256 = file_sha256(weights_path())
     return model
 

@@ -91,7 +91,8 @@ def test_stored_proposals_are_what_the_model_segmented(cmu_slide, version, fast_
         "vessel": sum(i.class_name == "vessel" for i in stored),
     }
     assert run.counts["dropped_background"] == expected.counts["dropped_background"] > 0
-    assert run.settings["mpp"] == 1.0 and run.settings["background_class"] == "background"
+    assert run.settings["mpp"] == 1.0
+    assert run.settings["background_class"] == "background"
     assert run.checkpoint_sha256 == version.weights_sha256
     assert run.tiles_done == run.tiles_total == expected.tiles_total
 
@@ -144,7 +145,8 @@ def test_replaced_weights_file_fails_the_run_with_its_name(cmu_slide, weights_fi
     segmentation.execute_segmentation_run(run.pk, owner="test-worker")
     run.refresh_from_db()
     assert run.status == ProposalRun.Status.FAILED
-    assert str(copy) in run.message and "SHA-256" in run.message
+    assert str(copy) in run.message
+    assert "SHA-256" in run.message
     assert not Instance.objects.filter(slide=cmu_slide).exists()
 
 
@@ -172,7 +174,8 @@ def test_api_starts_a_segmentation_run(cmu_slide, version, weights_file, client_
     assert body["model_version_name"] == "model-a"
     assert body["status"] == "queued"
     run = ProposalRun.objects.get(pk=body["id"])
-    assert run.model_version_id == version.pk and run.settings["points_per_side"] == 4
+    assert run.model_version_id == version.pk
+    assert run.settings["points_per_side"] == 4
 
 
 @pytest.mark.parametrize(("payload", "field"), [
