@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "apps.annotations",
     "apps.review",
     "apps.training",
+    "apps.analysis",
 ]
 
 MIDDLEWARE = [
@@ -261,6 +262,16 @@ NEPHROWEB_SEGMENTATION = {
 NEPHROWEB_SEGMENTATION.update(json.loads(env_str("NEPHROWEB_SEGMENTATION_JSON", "{}")))
 NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
 
+# IFTA read-out (ml.clinical.ifta): atrophic tubules whose outlines are at most
+# cluster_distance_um apart form a cluster; a cluster of at least min_tubules tubules gets
+# a concave hull (shapely.concave_hull with concave_ratio) or a convex one.
+NEPHROWEB_IFTA = {
+    "cluster_distance_um": env_number("NEPHROWEB_IFTA_CLUSTER_DISTANCE_UM", 50.0),
+    "min_tubules": env_number("NEPHROWEB_IFTA_MIN_TUBULES", 3, int),
+    "hull": env_str("NEPHROWEB_IFTA_HULL", "concave"),
+    "concave_ratio": env_number("NEPHROWEB_IFTA_CONCAVE_RATIO", 0.3),
+}
+
 # Classes a reviewer can assign, with their display colours and keyboard keys. The
 # colours follow the class-aware SAM paper (Weijer et al.). "unspecified tubule" is
 # kept on slides but never trained on or scored (trainable False). Override the whole
@@ -274,6 +285,7 @@ NEPHROWEB_CLASSES = json.loads(env_str("NEPHROWEB_CLASSES_JSON", "null")) or [
     {"name": "vessel", "color": "#ff0000", "key": "6", "trainable": True},
     {"name": "background", "color": "#000000", "key": "7", "trainable": True},
     {"name": "unspecified tubule", "color": "#808080", "key": "8", "trainable": False},
+    {"name": "cortex", "color": "#2e8b57", "key": "9", "trainable": False},
 ]
 
 LOGGING = {

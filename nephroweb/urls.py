@@ -12,4 +12,5 @@ urlpatterns = [
     path("", include("apps.annotations.urls")),
     path("", include("apps.review.urls")),
     path("", include("apps.training.urls")),
+    path("", include("apps.analysis.urls")),
 ]

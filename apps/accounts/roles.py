@@ -1,11 +1,13 @@
 """Roles as Django groups, each with the model permissions its work needs.
 
 - annotator: opens slides, runs SAM proposals, reviews (accept, reject, reopen, edit,
-  draw, relabel) and marks evaluation regions.
+  draw, relabel), marks evaluation regions and reads a slide's clinical read-outs.
 - pathologist: the same, plus assigning slides to reviewers, removing evaluation
-  regions and exporting GeoJSON and CSV.
+  regions, exporting GeoJSON and CSV, entering pathology report values, and reading the
+  dashboards and model evaluations.
 - admin: everything, including importing slides and annotation files, deleting slides
-  and instances, training model versions, and giving users their roles in the admin site.
+  and instances, training and evaluating model versions, and giving users their roles
+  in the admin site.
 Superusers pass every check regardless of group.
 """
 
@@ -24,11 +26,14 @@ _ANNOTATOR_PERMISSIONS = [
     "annotations.relabel_instance",
     "annotations.view_evaluationregion",
     "annotations.add_evaluationregion",
+    "analysis.view_slidereadout",
 ]
 _PATHOLOGIST_PERMISSIONS = _ANNOTATOR_PERMISSIONS + [
     "annotations.export_instances",
     "annotations.delete_evaluationregion",
     "review.assign_reviewers",
+    "analysis.view_modelevaluation",
+    "analysis.enter_reports",
 ]
 
 ROLE_PERMISSIONS = {
@@ -42,6 +47,7 @@ ROLE_PERMISSIONS = {
         "annotations.delete_instance",
         "annotations.import_instances",
         "training.train_models",
+        "analysis.evaluate_models",
         # Giving users their roles in the admin site (/admin/).
         "auth.view_user",
         "auth.add_user",

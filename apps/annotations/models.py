@@ -38,6 +38,11 @@ class ProposalRun(models.Model):
     checkpoint_sha256 = models.CharField(max_length=64, blank=True)
     settings = models.JSONField(default=dict)
     counts = models.JSONField(default=dict)
+    predictions_file = models.CharField(
+        max_length=1024, blank=True,
+        help_text="GeoJSON of every prediction of a segmentation run, before the review "
+        "queue's overlap filter; what read-outs and evaluations of the model measure.",
+    )
     tiles_done = models.PositiveIntegerField(default=0)
     tiles_total = models.PositiveIntegerField(default=0)
     message = models.TextField(blank=True, help_text="Why the run failed, shown to users.")

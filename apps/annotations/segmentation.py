@@ -14,6 +14,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
+from apps.analysis.predictions import Prediction, write_run_predictions
 from ml.errors import CheckpointError, SettingsError
 
 from . import services
@@ -161,6 +162,15 @@ def _segment_and_store(run: ProposalRun, report) -> None:
         })
         for labeled in result.instances
     ]
+    write_run_predictions(run, [
+        Prediction(
+            geometry_level0=labeled.polygon_level0,
+            class_name=labeled.class_name,
+            class_probability=labeled.class_probability,
+            predicted_iou=labeled.instance.predicted_iou,
+        )
+        for labeled in result.instances
+    ])
     stored = services.store_run_instances(
         run, candidates, source=Instance.Source.MODEL, counts=dict(result.counts),
         tiles_total=result.tiles_total, class_names=list(result.kept_per_class),

@@ -27,6 +27,9 @@ class Slide(models.Model):
     bounds_y_level0 = models.IntegerField(default=0)
     bounds_w_level0 = models.PositiveIntegerField()
     bounds_h_level0 = models.PositiveIntegerField()
+    cohort = models.CharField(
+        max_length=64, blank=True, help_text="Study or cohort the slide belongs to."
+    )
     patient_id = models.CharField(max_length=64, blank=True)
     section = models.PositiveIntegerField(null=True, blank=True)
     report_ifta_pct = models.FloatField(

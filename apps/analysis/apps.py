@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AnalysisAppConfig(AppConfig):
+    name = "apps.analysis"
+    label = "analysis"

@@ -1,0 +1,3 @@
+"""Routes of the evaluation pages and API."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Routes of the readout pages and API."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Routes of the report pages and API."""
+
+urlpatterns: list = []
