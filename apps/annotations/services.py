@@ -226,7 +226,7 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
         tree = STRtree(reviewed) if reviewed else None
         rows, dropped_reviewed = [], 0
         for polygon, fields in candidates:
-            if tree is not None and _overlaps_any(polygon, tree, reviewed):
+            if tree is not None and overlaps_any(polygon, tree, reviewed):
                 dropped_reviewed += 1
                 continue
             rows.append(instance_row(
@@ -249,7 +249,12 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
     return len(rows)
 
 
-def _overlaps_any(polygon, tree, reviewed) -> bool:
+def overlaps_any(polygon, tree, reviewed) -> bool:
+    """Return whether ``polygon`` and one of ``reviewed`` overlap by half the smaller area or more.
+
+    ``tree`` is an STRtree over ``reviewed``. Read-outs use the same rule to merge a
+    model's predictions with reviewed annotations.
+    """
     for index in tree.query(polygon):
         other = reviewed[int(index)]
         smaller = min(polygon.area, other.area)
