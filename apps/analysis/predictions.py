@@ -1,7 +1,7 @@
 """The stored output of a segmentation run: every prediction, before the review queue's filter.
 
 The review queue drops a prediction that overlaps a reviewed instance, so the queue is not
-what the model said. Read-outs and evaluations of a model measure this file instead. It is
+all the model predicted. Read-outs and evaluations of a model measure this file instead. It is
 a GeoJSON FeatureCollection in level-0 pixels, written once per run, atomically.
 """
 

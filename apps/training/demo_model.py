@@ -34,7 +34,12 @@ from .models import ModelVersion
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL_NAME = "demo-model"
-SAMPLE_CLASS_MAP = {"tubule": "proximal tubule", "glomerulus": "glomerulus"}
+SAMPLE_CLASS_MAP = {
+    "tubule": "proximal tubule",
+    "atrophic tubule": "atrophic tubule",
+    "glomerulus": "glomerulus",
+    "sclerotic glomerulus": "sclerotic glomerulus",
+}
 BACKGROUND_CLASS = "background"
 ANNOTATED_FRACTION = 0.5
 # Few, large discs: many small ones (6 per crop of radius 10 µm) kept the decoder from
@@ -125,7 +130,7 @@ def ensure_demo_model(slide, user, truth=None) -> ModelVersion:
     if existing is not None:
         return existing
     ensure_sample_annotations(slide, user, truth)
-    snapshot = snapshots.build_snapshot(user, seed=0, validation_fraction=0.0)
+    snapshot = snapshots.build_snapshot(user, seed=0, validation_fraction=0.0, slides=[slide])
     config = demo_training_config().to_dict()
     del config["device"]  # the worker trains on CUDA when it has a GPU
     version = services.start_training(

@@ -71,7 +71,9 @@ def split_patients(
     return train, validation
 
 
-def build_snapshot(user, seed: int, validation_fraction: float, parent=None) -> TrainingSnapshot:
+def build_snapshot(
+    user, seed: int, validation_fraction: float, parent=None, slides=None
+) -> TrainingSnapshot:
     """Freeze the current annotations of trainable classes into a new snapshot.
 
     Args:
@@ -79,6 +81,7 @@ def build_snapshot(user, seed: int, validation_fraction: float, parent=None) -> 
         seed: Seed of the patient split, >= 0.
         validation_fraction: Share of patients held out for validation, 0 to 0.9.
         parent: The snapshot this one expands, or None.
+        slides: Only these slides' annotations, or None for every slide.
 
     Raises:
         SettingsError: ``seed`` or ``validation_fraction`` is out of range, or no
@@ -94,12 +97,12 @@ def build_snapshot(user, seed: int, validation_fraction: float, parent=None) -> 
         )
     class_names = trainable_class_names()
     with transaction.atomic():
-        instances = list(
-            Instance.objects.filter(review_state__in=TRAINED_STATES, class_name__in=class_names)
-            .exclude(class_name="")
-            .select_related("slide")
-            .order_by("id")
-        )
+        reviewed = Instance.objects.filter(
+            review_state__in=TRAINED_STATES, class_name__in=class_names
+        ).exclude(class_name="")
+        if slides is not None:
+            reviewed = reviewed.filter(slide__in=slides)
+        instances = list(reviewed.select_related("slide").order_by("id"))
         if not instances:
             raise SettingsError(
                 "There are no accepted or edited annotations of a trainable class "

@@ -7,6 +7,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+from shapely.geometry import Point
 
 from ml import sample_slide
 from ml.errors import SettingsError
@@ -119,3 +120,36 @@ def test_sample_other_mpp_keeps_micron_sizes(tmp_path):
 def test_sample_bad_settings_rejected(tmp_path, mpp, size_level0):
     with pytest.raises(SettingsError, match="Sample slide"):
         write_sample_slide(tmp_path / "bad.tif", mpp=mpp, size_level0=size_level0)
+
+
+def test_scar_makes_atrophic_tubules_and_sclerotic_glomeruli(tmp_path):
+    truth = write_sample_slide(
+        tmp_path / "scarred.tif", size_level0=(3072, 2304), seed=7, scar_fraction=0.2,
+        sclerotic_glomeruli=2,
+    )
+    assert truth.scar_level0.area == pytest.approx(0.2 * truth.tissue_level0.area, rel=0.01)
+    assert truth.tissue_level0.contains(truth.scar_level0)
+    atrophic = truth.objects_labelled("atrophic tubule")
+    assert len(atrophic) > 20
+    low_um, high_um = sample_slide.ATROPHIC_TUBULE_RADIUS_UM
+    for tubule in atrophic:
+        assert truth.scar_level0.contains(Point(tubule.center_level0))
+        assert low_um / truth.mpp <= tubule.radius_level0 <= high_um / truth.mpp
+    for tubule in truth.objects_labelled("tubule"):
+        assert not truth.scar_level0.contains(Point(tubule.center_level0))
+    assert len(truth.objects_labelled("sclerotic glomerulus")) == 2
+    with open_slide(truth.path) as slide:
+        x, y = (round(v) for v in truth.objects_labelled("sclerotic glomerulus")[0].center_level0)
+        crop = slide.read_region(x - 15, y - 15, 31, 31, truth.mpp)
+    median_rgb = np.median(crop.reshape(-1, 3), axis=0)
+    assert np.abs(median_rgb - sample_slide.SCLEROTIC_TUFT_RGB).max() <= 6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"scar_fraction": 0.9}, "scar_fraction must be within 0..0.8"),
+     ({"sclerotic_glomeruli": 7}, "sclerotic_glomeruli must be a whole number within 0..6")],
+)
+def test_scar_settings_rejected(tmp_path, kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        write_sample_slide(tmp_path / "bad.tif", size_level0=(512, 512), **kwargs)

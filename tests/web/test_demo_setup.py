@@ -1,5 +1,6 @@
 """``manage.py setup_demo`` on the generated sample slide: user, slide, reviewed
-annotations and the queued demo model, and nothing twice on a second start."""
+annotations, the queued demo model and the synthetic cohort, and nothing twice on a
+second start."""
 
 import io
 from collections import Counter
@@ -9,10 +10,13 @@ import pytest
 from django.core.management import call_command
 from shapely.geometry import shape
 
-from apps.annotations.models import Instance, InstanceEvent
+from apps.analysis import demo_cohort
+from apps.analysis.models import PatientReport
+from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent
 from apps.slides.models import Slide
 from apps.training import demo_model, services
 from apps.training.models import ModelVersion, TrainingSnapshot
+from ml.sample_slide import write_sample_slide
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +30,7 @@ def demo_dirs(settings, tmp_path):
 
 def test_first_start_imports_annotations_and_queues_model(demo_dirs):
     out = io.StringIO()
-    call_command("setup_demo", stdout=out)
+    call_command("setup_demo", "--no-cohort", stdout=out)
 
     slide = Slide.objects.get()
     assert slide.origin == Slide.Origin.SAMPLE
@@ -56,7 +60,7 @@ def test_first_start_imports_annotations_and_queues_model(demo_dirs):
 
 
 def test_background_discs_keep_clear_of_objects(demo_dirs):
-    call_command("setup_demo", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", stdout=io.StringIO())
     slide = Slide.objects.get()
     objects = [shape(g) for g in Instance.objects.exclude(class_name="background").values_list("geometry", flat=True)]
     discs = [shape(g) for g in Instance.objects.filter(class_name="background").values_list("geometry", flat=True)]
@@ -67,17 +71,17 @@ def test_background_discs_keep_clear_of_objects(demo_dirs):
 
 
 def test_second_start_changes_nothing(demo_dirs):
-    call_command("setup_demo", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", stdout=io.StringIO())
     before = (Instance.objects.count(), ModelVersion.objects.count(), TrainingSnapshot.objects.count())
-    call_command("setup_demo", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", stdout=io.StringIO())
     after = (Instance.objects.count(), ModelVersion.objects.count(), TrainingSnapshot.objects.count())
     assert after == before
 
 
 def test_failed_demo_model_is_queued_again(demo_dirs):
-    call_command("setup_demo", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", stdout=io.StringIO())
     ModelVersion.objects.update(status=ModelVersion.Status.FAILED)
-    call_command("setup_demo", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", stdout=io.StringIO())
     assert list(ModelVersion.objects.order_by("id").values_list("status", flat=True)) == ["failed", "queued"]
     # The annotations are imported once; the new version trains on a new snapshot of them.
     assert InstanceEvent.objects.filter(action="import").count() == Instance.objects.count()
@@ -85,8 +89,41 @@ def test_failed_demo_model_is_queued_again(demo_dirs):
 
 
 def test_no_model_option_and_given_slide_queue_nothing(demo_dirs, shared_data):
-    call_command("setup_demo", "--no-model", stdout=io.StringIO())
-    call_command("setup_demo", "--slide", str(shared_data / "wsi" / "cmu-1-small-region.svs"),
-                 stdout=io.StringIO())
+    call_command("setup_demo", "--no-model", "--no-cohort", stdout=io.StringIO())
+    call_command("setup_demo", "--no-cohort", "--slide",
+                 str(shared_data / "wsi" / "cmu-1-small-region.svs"), stdout=io.StringIO())
     assert not ModelVersion.objects.exists()
     assert not Instance.objects.exists()
+
+
+def test_cohort_sections_are_reviewed_with_reports_and_kept_out_of_training(demo_dirs):
+    out = io.StringIO()
+    call_command("setup_demo", stdout=out)
+
+    cohort = Slide.objects.filter(cohort=demo_cohort.DEMO_COHORT).order_by("patient_id", "section")
+    assert [(s.patient_id, s.section) for s in cohort] == [
+        (p.patient_id, n) for p in demo_cohort.DEMO_PATIENTS for n in (1, 2)
+    ]
+    first = cohort[0]
+    truth = write_sample_slide(
+        demo_dirs / "again.tiff", size_level0=demo_cohort.SECTION_SIZE_PX, seed=101,
+        scar_fraction=0.02, sclerotic_glomeruli=0,
+    )
+    drawn = Counter(demo_model.SAMPLE_CLASS_MAP[obj.label] for obj in truth.objects)
+    stored = Counter(Instance.objects.filter(slide=first).values_list("class_name", flat=True))
+    assert stored == drawn
+    last = cohort.last()
+    last_classes = set(Instance.objects.filter(slide=last).values_list("class_name", flat=True))
+    assert {"atrophic tubule", "sclerotic glomerulus"} <= last_classes
+    assert EvaluationRegion.objects.filter(slide__in=cohort).count() == 10
+    reports = dict(PatientReport.objects.values_list("patient_id", "report_ifta_pct"))
+    assert reports == {p.patient_id: p.report_ifta_pct for p in demo_cohort.DEMO_PATIENTS}
+    version = ModelVersion.objects.get()
+    assert set(version.snapshot.items.values_list("slide__origin", "slide__cohort").distinct()) == {
+        (Slide.Origin.SAMPLE, "")
+    }
+    assert "demo cohort: 10 reviewed sections" in out.getvalue()
+
+    before = Instance.objects.count()
+    call_command("setup_demo", stdout=io.StringIO())
+    assert (Instance.objects.count(), Slide.objects.count(), PatientReport.objects.count()) == (before, 11, 5)

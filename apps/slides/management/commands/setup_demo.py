@@ -1,12 +1,14 @@
-"""``manage.py setup_demo [--slide PATH] [--mpp F] [--no-model]``: a demo user, a slide to
-look at and a model to segment it with.
+"""``manage.py setup_demo [--slide PATH] [--mpp F] [--no-model] [--no-cohort]``: a demo
+user, a slide to look at, a model to segment it with and a cohort for the dashboard.
 
 Creates the user ``demo`` in the admin role (or resets its password), writes the
 password to the data folder and prints it. Imports ``--slide``, or a generated sample
 slide without it. With the sample slide, its known objects become reviewed annotations
 and a model version is queued for training on them (apps/training/demo_model.py), unless
-``--no-model`` is given. Running it again does not import the same file twice nor queue
-a second model.
+``--no-model`` is given. Unless ``--no-cohort`` is given, it also adds the synthetic
+cohort of apps/analysis/demo_cohort.py (ten small sections of five patients, reviewed,
+with report values). Running it again does not import the same file twice nor queue a
+second model.
 """
 
 import secrets
@@ -35,6 +37,10 @@ class Command(BaseCommand):
             "--no-model", action="store_true",
             help="Do not queue the demo model's training on the sample slide.",
         )
+        parser.add_argument(
+            "--no-cohort", action="store_true",
+            help="Do not add the synthetic demo cohort (ten reviewed sections, report values).",
+        )
 
     def handle(self, *args, **options):
         password = self._ensure_user()
@@ -43,6 +49,20 @@ class Command(BaseCommand):
         self.stdout.write(f"slide {slide.pk}: {slide.name} ({slide.width_px}x{slide.height_px} px)")
         if slide.origin == Slide.Origin.SAMPLE and not options["no_model"]:
             self._ensure_model(slide, truth)
+        if not options["no_cohort"]:
+            self._ensure_cohort()
+
+    def _ensure_cohort(self) -> None:
+        from apps.analysis.demo_cohort import DEMO_COHORT, ensure_demo_cohort
+
+        user = get_user_model().objects.get(username=DEMO_USERNAME)
+        try:
+            slides = ensure_demo_cohort(user)
+        except NephrowebError as exc:
+            raise CommandError(f"Could not add the demo cohort: {exc}") from None
+        self.stdout.write(
+            f"demo cohort: {len(slides)} reviewed sections in cohort {DEMO_COHORT!r} (Dashboard)"
+        )
 
     def _ensure_model(self, slide, truth) -> None:
         from apps.training.demo_model import ensure_demo_model
