@@ -61,6 +61,8 @@ ENDPOINTS = {
     "api-training-versions": ("post", "/api/training/versions/", {"snapshot": 0}, ADMINS),
     "api-training-version": ("get", "/api/training/versions/0/", None, ADMINS),
     "api-training-version-cancel": ("post", "/api/training/versions/0/cancel/", {}, ADMINS),
+    "api-slide-readouts": ("get", "/api/slides/{slide}/readouts/", None, EVERYONE),
+    "api-slide-ifta-regions": ("get", "/api/slides/{slide}/ifta-regions/", None, EVERYONE),
 }
 # Pages and views outside the API with their own rules.
 NOT_IN_TABLE = {"login", "logout"}

@@ -9,6 +9,7 @@ cluster's hull is the 80 x 20 px box around them: 1600 px² = 400 µm².
 from __future__ import annotations
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 from shapely.geometry import box, mapping, shape
 
@@ -19,6 +20,7 @@ from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, ProposalRun
 from apps.review import services as review
 from apps.training.models import ModelVersion, TrainingSnapshot
+from ml.clinical import BANFF_PROXY_NOTE
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -292,3 +294,105 @@ def test_missing_predictions_file_is_unavailable(model_slide):
 
     with pytest.raises(ReadoutUnavailable, match="predictions file of run .* is missing"):
         current_readout(slide, "model", version)
+
+
+def test_api_lists_readouts_without_geometry(model_slide, client_for):
+    slide, version, run = model_slide
+
+    response = client_for("annotator").get(reverse("api-slide-readouts", args=[slide.pk]))
+
+    assert response.status_code == 200
+    rows = response.json()
+    assert [row["label"] for row in rows] == [
+        "Reviewed annotations", "Model demo-model", "Reviewed + model demo-model"
+    ]
+    reviewed = rows[0]
+    computed_at = reviewed.pop("computed_at")
+    assert computed_at.startswith(str(timezone.now().year))
+    assert reviewed == {
+        "source": "reviewed",
+        "label": "Reviewed annotations",
+        "model_version": None,
+        "model_version_name": None,
+        "proposal_run": None,
+        "counts": {**ZERO_COUNTS, "atrophic tubule": 3, "glomerulus": 3,
+                   "sclerotic glomerulus": 1},
+        "densities_per_mm2": {**{name: 0.0 for name in ZERO_COUNTS}, "atrophic tubule": 12.0,
+                              "glomerulus": 12.0, "sclerotic glomerulus": 4.0},
+        "cortex_source": "cortex annotation",
+        "cortex_area_um2": 250000.0,
+        "ifta_pct": 400.0 / 250000.0 * 100.0,
+        "ifta_area_um2": 400.0,
+        "ifta_clusters": [{"n_tubules": 3, "area_um2": 400.0}],
+        "settings": CONVEX,
+        "glomeruli_count": 4,
+        "sclerotic_count": 1,
+        "glomerulosclerosis_pct": 25.0,
+        "glomerulosclerosis_reason": "",
+        "banff_ci": 0,
+        "banff_ct": 0,
+        "banff_note": BANFF_PROXY_NOTE,
+        "message": "",
+    }
+    model = rows[1]
+    assert model["model_version"] == version.pk
+    assert model["model_version_name"] == "demo-model"
+    assert model["proposal_run"] == run.pk
+    assert model["counts"]["glomerulus"] == 2
+    assert model["glomerulosclerosis_pct"] == 0.0
+    assert rows[2]["counts"]["glomerulus"] == 4
+    assert rows[2]["glomerulosclerosis_pct"] == 20.0
+
+
+def test_api_ifta_regions_are_geojson(slide, client_for):
+    url = reverse("api-slide-ifta-regions", args=[slide.pk])
+
+    response = client_for("pathologist").get(url, {"source": "reviewed"})
+
+    assert response.status_code == 200
+    collection = response.json()
+    assert collection["type"] == "FeatureCollection"
+    assert collection["label"] == "Reviewed annotations"
+    assert collection["ifta_pct"] == 400.0 / 250000.0 * 100.0
+    assert len(collection["features"]) == 1
+    feature = collection["features"][0]
+    assert shape(feature["geometry"]).equals(box(100, 100, 180, 120))
+    assert feature["properties"] == {"area_um2": 400.0}
+
+
+def test_api_ifta_regions_of_model_source(model_slide, client_for):
+    slide, version, _ = model_slide
+    url = reverse("api-slide-ifta-regions", args=[slide.pk])
+
+    response = client_for("annotator").get(url, {"source": "combined", "model_version": version.pk})
+
+    assert response.status_code == 200
+    assert response.json()["label"] == "Reviewed + model demo-model"
+    assert len(response.json()["features"]) == 1
+
+
+def test_api_rejects_bad_query(slide, client_for):
+    client = client_for("annotator")
+    url = reverse("api-slide-ifta-regions", args=[slide.pk])
+    unused = make_model_version(name="unused-model")
+
+    bad_source = client.get(url, {"source": "everything"})
+    no_version = client.get(url, {"source": "model"})
+    unknown_version = client.get(url, {"source": "model", "model_version": 999999})
+    no_run = client.get(url, {"source": "model", "model_version": unused.pk})
+
+    assert bad_source.status_code == 400
+    assert list(bad_source.json()) == ["source"]
+    assert no_version.status_code == 400
+    assert no_version.json()["detail"] == "The model source needs a model_version."
+    assert unknown_version.status_code == 400
+    assert list(unknown_version.json()) == ["model_version"]
+    assert no_run.status_code == 400
+    assert "has no succeeded segmentation run" in no_run.json()["detail"]
+
+
+def test_api_unknown_slide_is_404(client_for):
+    client = client_for("annotator")
+
+    assert client.get(reverse("api-slide-readouts", args=[999999])).status_code == 404
+    assert client.get(reverse("api-slide-ifta-regions", args=[999999])).status_code == 404
