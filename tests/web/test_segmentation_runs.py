@@ -7,10 +7,13 @@ segmentation quality (tests/web/test_model_lifecycle.py trains on real kidney ti
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.core.management import call_command
 from shapely.geometry import box, shape
 
+from apps.analysis.predictions import PredictionsFileError, load_run_predictions
 from apps.annotations import segmentation
 from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, ProposalRun
@@ -95,6 +98,10 @@ def test_stored_proposals_are_what_the_model_segmented(cmu_slide, version, fast_
     assert run.settings["background_class"] == "background"
     assert run.checkpoint_sha256 == version.weights_sha256
     assert run.tiles_done == run.tiles_total == expected.tiles_total
+    predictions = load_run_predictions(run)
+    assert sorted((p.class_name, round(p.geometry_level0.area)) for p in predictions) == sorted(
+        (e.class_name, round(e.polygon_level0.area)) for e in expected.instances
+    )
 
 
 def test_rerun_replaces_pending_model_proposals_and_spares_reviewed_work(
@@ -131,6 +138,21 @@ def test_rerun_replaces_pending_model_proposals_and_spares_reviewed_work(
     assert second.counts["dropped_overlaps_reviewed"] == overlapping
     assert second.counts["stored"] == first.counts["stored"] - overlapping
     assert Instance.objects.filter(proposal_run=second).count() == second.counts["stored"]
+    # The run's predictions file keeps what the queue dropped.
+    assert len(load_run_predictions(second)) == second.counts["kept"] == first.counts["stored"]
+
+
+def test_predictions_file_problems_are_named(cmu_slide, version, fast_segmentation):
+    run = run_to_end(cmu_slide, version)
+    Path(run.predictions_file).write_text('{"type": "FeatureCollection", "features": [{}]}')
+    with pytest.raises(PredictionsFileError, match=f"predictions file of run {run.pk} cannot be read"):
+        load_run_predictions(run)
+    Path(run.predictions_file).unlink()
+    with pytest.raises(PredictionsFileError, match=f"predictions file of run {run.pk} is missing"):
+        load_run_predictions(run)
+    run.predictions_file = ""
+    with pytest.raises(PredictionsFileError, match="segment the slide again with this model version"):
+        load_run_predictions(run)
 
 
 def test_replaced_weights_file_fails_the_run_with_its_name(cmu_slide, weights_file, fast_segmentation, tmp_path):
