@@ -101,6 +101,11 @@ export class InstanceOverlay {
       this.recordView();
       this.scheduleFetch();
     });
+    // The slide may have opened while the page still waited for other requests.
+    if (viewer.world.getItemCount() > 0) {
+      this.recordView();
+      this.scheduleFetch();
+    }
   }
 
   setClassColours(classes) {
