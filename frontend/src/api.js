@@ -124,6 +124,11 @@ export const api = {
   // prompt is {point_level0: [x, y]} or {box_level0: [x0, y0, x1, y1]}.
   promptSam: (slideId, prompt, className) =>
     postJSON(`/api/slides/${slideId}/prompt/`, { ...prompt, class_name: className }),
+  // Clinical read-outs of every source, without geometry: reviewed, then model and combined per version.
+  readouts: (slideId) => getJSON(`/api/slides/${slideId}/readouts/`),
+  // IFTA regions of one source as GeoJSON in level-0 pixels; modelVersionId is null for "reviewed".
+  iftaRegions: (slideId, source, modelVersionId) =>
+    getJSON(`/api/slides/${slideId}/ifta-regions/?source=${source}${modelVersionId ? `&model_version=${modelVersionId}` : ""}`),
   evaluationRegions: (slideId) => getJSON(`/api/slides/${slideId}/evaluation-regions/`),
   addEvaluationRegion: (slideId, geometry) =>
     postJSON(`/api/slides/${slideId}/evaluation-regions/`, { geometry }),

@@ -8,6 +8,8 @@ import { SlideEvents } from "./slide_events.js";
 import { initSlideList } from "./slide_list.js";
 import { ImportPanel } from "./import_panel.js";
 import { initTrainingPage } from "./training_page.js";
+import { IftaLayer } from "./ifta_layer.js";
+import { ReadoutPanel } from "./readout_panel.js";
 
 async function initSlidePage(root) {
   const slideId = Number(root.dataset.slideId);
@@ -22,9 +24,11 @@ async function initSlidePage(root) {
   const review = new ReviewSession({
     root, slideId, viewer, metadata, overlay, events, overlayToggle: toggle, classes,
   });
+  const readouts = new ReadoutPanel(root.querySelector("#readout-panel"), slideId, events, new IftaLayer(overlay));
   new RunPanel(root.querySelector("#run-panel"), slideId, events, {
     onRunFinished: () => {
       overlay.fetch();
+      readouts.scheduleReload();
       review.queue.reload();
       review.reloadProgress();
     },
@@ -34,6 +38,7 @@ async function initSlidePage(root) {
     new ImportPanel(importRoot, slideId, classes, {
       onImported: () => {
         overlay.fetch();
+        readouts.scheduleReload();
         review.queue.reload();
         review.reloadProgress();
       },
