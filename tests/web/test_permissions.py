@@ -61,6 +61,13 @@ ENDPOINTS = {
     "api-training-versions": ("post", "/api/training/versions/", {"snapshot": 0}, ADMINS),
     "api-training-version": ("get", "/api/training/versions/0/", None, ADMINS),
     "api-training-version-cancel": ("post", "/api/training/versions/0/cancel/", {}, ADMINS),
+    "dashboard": ("get", "/dashboard/", None, PATHOLOGISTS),
+    "dashboard-scatter-png": ("get", "/dashboard/agreement-scatter.png", None, PATHOLOGISTS),
+    "dashboard-bland-altman-png": ("get", "/dashboard/bland-altman.png", None, PATHOLOGISTS),
+    "dashboard-patient-report": ("post", "/dashboard/patient-reports/", None, PATHOLOGISTS),
+    "dashboard-report-import": ("post", "/dashboard/report-imports/", None, PATHOLOGISTS),
+    "api-slide-readouts-csv": ("get", "/api/slides/{slide}/readouts.csv", None, PATHOLOGISTS),
+    "api-export-readouts-csv": ("get", "/api/export/readouts.csv", None, PATHOLOGISTS),
     "api-slide-readouts": ("get", "/api/slides/{slide}/readouts/", None, EVERYONE),
     "api-slide-ifta-regions": ("get", "/api/slides/{slide}/ifta-regions/", None, EVERYONE),
 }

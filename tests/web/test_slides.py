@@ -16,14 +16,15 @@ pytestmark = pytest.mark.django_db
 
 def test_import_command_imports_svs_with_exact_metadata(shared_data, capsys):
     path = shared_data / "wsi" / "cmu-1-small-region.svs"
-    call_command("import_slides", str(path), "--patient", "P-7", "--section", "2",
-                 "--report-ifta", "15")
+    call_command("import_slides", str(path), "--cohort", "KTX-2024", "--patient", "P-7",
+                 "--section", "2", "--report-ifta", "15")
     slide = Slide.objects.get()
     assert (slide.width_px, slide.height_px) == (2220, 2967)
     assert slide.mpp == pytest.approx(0.499)
     assert slide.mpp_source == "slide properties"
     assert slide.vendor == "aperio"
     assert (slide.patient_id, slide.section, slide.report_ifta_pct) == ("P-7", 2, 15.0)
+    assert slide.cohort == "KTX-2024"
     assert slide.tissue_geojson["type"] in ("Polygon", "MultiPolygon")
     assert 0 < slide.tissue_area_um2 < 2220 * 2967 * 0.499**2
     assert f"slide {slide.pk}, 2220x2967 px" in capsys.readouterr().out
@@ -71,10 +72,13 @@ def test_upload_svs_creates_slide_under_generated_path(client_for, shared_data, 
     settings.MEDIA_ROOT = tmp_path
     client = client_for("admin")
     content = (shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes()
-    response = _upload(client, "../../etc/cmu 1.svs", content, patient_id="P1", section=1)
+    response = _upload(client, "../../etc/cmu 1.svs", content, patient_id="P1", section=1,
+                       cohort="KTX-2024")
     assert response.status_code == 201, response.content
     body = response.json()
     assert (body["width_px"], body["height_px"], body["patient_id"]) == (2220, 2967, "P1")
+    assert body["cohort"] == "KTX-2024"
+    assert "<td>KTX-2024</td>" in client.get("/").content.decode()
     slide = Slide.objects.get(pk=body["id"])
     assert slide.original_filename == "cmu 1.svs"
     assert slide.file_path.startswith(str(tmp_path / "slides"))

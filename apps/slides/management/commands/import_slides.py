@@ -1,4 +1,4 @@
-"""``manage.py import_slides PATH... [--mpp F] [--patient ID] [--section N] [--report-ifta F]``
+"""``manage.py import_slides PATH... [--mpp F] [--cohort NAME] [--patient ID] [--section N] [--report-ifta F]``
 
 Prints one line per slide: its new id, or why it was rejected, and any warning found on
 import. A file already imported from the same path is not imported again; its line gives
@@ -21,6 +21,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", help="Slide files (any format OpenSlide opens).")
         parser.add_argument("--mpp", type=float, help="Microns per pixel, for files without one.")
+        parser.add_argument("--cohort", default="", help="Study or cohort of the slides.")
         parser.add_argument("--patient", default="", help="Patient identifier.")
         parser.add_argument("--section", type=int, help="Section number within the biopsy.")
         parser.add_argument("--report-ifta", type=float, help="IFTA %% from the pathology report.")
@@ -36,6 +37,7 @@ class Command(BaseCommand):
                 slide = import_slide(
                     path,
                     mpp=options["mpp"],
+                    cohort=options["cohort"],
                     patient_id=options["patient"],
                     section=options["section"],
                     report_ifta_pct=options["report_ifta"],

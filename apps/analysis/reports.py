@@ -1,0 +1,345 @@
+"""Pathology report values of IFTA %: per slide (section) or per patient, entered or imported.
+
+A patient report (``PatientReport``) covers all sections of a patient in one cohort. A
+section report is ``Slide.report_ifta_pct``. Where a patient has both, the patient report
+is the reported value (:func:`reported_ifta_pct`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import transaction
+
+from apps.slides.models import Slide
+from ml.errors import NephrowebError
+
+from .models import PatientReport
+
+logger = logging.getLogger(__name__)
+
+# A report table has one short line per patient or section, so 1 MB is tens of thousands
+# of rows. Larger uploads are rejected before they are read.
+MAX_REPORT_CSV_BYTES = 1024 * 1024
+REQUIRED_COLUMNS = ("patient", "report_ifta_pct")
+OPTIONAL_COLUMNS = ("section", "cohort")
+MAX_ID_LENGTH = 64
+
+
+class ReportError(NephrowebError, ValueError):
+    """A report value or report file that cannot be stored."""
+
+
+@dataclass(frozen=True)
+class ReportImportResult:
+    """Counts of the rows that :func:`import_reports` wrote.
+
+    Attributes:
+        file_name: The file as the user named it.
+        slide_reports: Slides whose ``report_ifta_pct`` was set.
+        patient_reports: Patient reports created or updated.
+    """
+
+    file_name: str
+    slide_reports: int
+    patient_reports: int
+
+
+def parse_report_pct(value, field: str = "report_ifta_pct") -> float | None:
+    """Return a report value as a float from 0 to 100, or None for an empty value.
+
+    Raises:
+        ReportError: The value is not a number or lies outside 0-100.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            number = float(text)
+        except ValueError:
+            raise ReportError(
+                f"{field}: {text!r} is not a number. Write a percentage such as 12.5 "
+                f"(no % sign, '.' as decimal point)."
+            ) from None
+    else:
+        number = float(value)
+    if not math.isfinite(number) or not 0.0 <= number <= 100.0:
+        raise ReportError(
+            f"{field}: {number:g} is outside 0-100. Write a percentage, not a fraction "
+            f"(12.5, not 0.125)."
+        )
+    return number
+
+
+def set_slide_report(slide: Slide, report_ifta_pct) -> Slide:
+    """Store the IFTA % a report gives for one section; an empty value clears it."""
+    slide.report_ifta_pct = parse_report_pct(report_ifta_pct)
+    slide.save(update_fields=["report_ifta_pct"])
+    logger.info("Slide %s: report IFTA set to %s", slide.pk, slide.report_ifta_pct)
+    return slide
+
+
+def set_patient_report(
+    cohort: str, patient_id: str, report_ifta_pct, *, user=None
+) -> PatientReport | None:
+    """Store the IFTA % a report gives for a whole patient; an empty value deletes it.
+
+    Raises:
+        ReportError: The patient id is empty, no slide of that patient exists in the
+            cohort, or the value is not a percentage.
+    """
+    cohort = (cohort or "").strip()
+    patient_id = (patient_id or "").strip()
+    value = parse_report_pct(report_ifta_pct)
+    if not patient_id:
+        raise ReportError("patient: the patient id is empty. Name the patient.")
+    if not Slide.objects.filter(cohort=cohort, patient_id=patient_id).exists():
+        raise ReportError(
+            f"patient {patient_id!r} has no slide in cohort {cohort or '(none)'!r}. "
+            f"Import the slides first, or check the cohort."
+        )
+    if value is None:
+        PatientReport.objects.filter(cohort=cohort, patient_id=patient_id).delete()
+        logger.info("Patient report deleted: cohort %r, patient %r", cohort, patient_id)
+        return None
+    report, _ = PatientReport.objects.update_or_create(
+        cohort=cohort, patient_id=patient_id,
+        defaults={"report_ifta_pct": value, "updated_by": user},
+    )
+    logger.info("Patient report set: cohort %r, patient %r, %g %%", cohort, patient_id, value)
+    return report
+
+
+def patient_reports_by_key() -> dict[tuple[str, str], float]:
+    """Map (cohort, patient_id) to the patient's reported IFTA %."""
+    return {
+        (cohort, patient_id): value
+        for cohort, patient_id, value in PatientReport.objects.values_list(
+            "cohort", "patient_id", "report_ifta_pct"
+        )
+    }
+
+
+def reported_ifta_pct(slide: Slide, patient_reports: dict[tuple[str, str], float]) -> float | None:
+    """Return the reported IFTA % that applies to a slide: its patient's, else its own."""
+    if slide.patient_id:
+        patient_value = patient_reports.get((slide.cohort, slide.patient_id))
+        if patient_value is not None:
+            return patient_value
+    return slide.report_ifta_pct
+
+
+def import_reports(path_or_file, *, user=None) -> ReportImportResult:
+    """Import report values from a CSV file: all rows or none.
+
+    Columns: ``patient`` and ``report_ifta_pct`` (0-100) are required, ``section`` and
+    ``cohort`` optional. A row with a section sets that slide's report, a row without one
+    sets the patient report. An empty cohort cell means the cohort of the patient's
+    slides, which must then be a single cohort.
+
+    Args:
+        path_or_file: A path, or an uploaded file with ``name``, ``size`` and ``read()``.
+
+    Raises:
+        ReportError: The file is too large, unreadable or invalid, or rows name a patient
+            or section that matches no slide. The message names the file, line and column
+            of every problem found. Nothing is written then.
+    """
+    file_name, text = _read_text(path_or_file)
+    rows = _parse_rows(file_name, text)
+    slide_updates, patient_updates = _match_rows(file_name, rows)
+    with transaction.atomic():
+        for slide, value in slide_updates:
+            slide.report_ifta_pct = value
+            slide.save(update_fields=["report_ifta_pct"])
+        for (cohort, patient_id), value in patient_updates.items():
+            PatientReport.objects.update_or_create(
+                cohort=cohort, patient_id=patient_id,
+                defaults={"report_ifta_pct": value, "updated_by": user},
+            )
+    logger.info(
+        "Imported reports from %s: %d slide reports, %d patient reports",
+        file_name, len(slide_updates), len(patient_updates),
+    )
+    return ReportImportResult(file_name, len(slide_updates), len(patient_updates))
+
+
+@dataclass(frozen=True)
+class _ReportRow:
+    line: int
+    patient_id: str
+    section: int | None
+    cohort: str | None
+    value: float
+
+
+def _read_text(path_or_file) -> tuple[str, str]:
+    if isinstance(path_or_file, (str, Path)):
+        path = Path(path_or_file)
+        file_name = str(path)
+        try:
+            size = path.stat().st_size
+            _check_size(file_name, size)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ReportError(f"Cannot read {file_name}: {exc.strerror}. Check the path.") from exc
+    else:
+        file_name = Path(getattr(path_or_file, "name", "") or "upload").name
+        size = getattr(path_or_file, "size", None)
+        if size is not None:
+            _check_size(file_name, size)
+        data = path_or_file.read(MAX_REPORT_CSV_BYTES + 1)
+        _check_size(file_name, len(data))
+    try:
+        return file_name, data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ReportError(f"{file_name} is not UTF-8 text. Save it as a UTF-8 CSV.") from None
+
+
+def _check_size(file_name: str, size: int) -> None:
+    if size > MAX_REPORT_CSV_BYTES:
+        raise ReportError(
+            f"{file_name}: {size / 2**20:.1f} MB exceeds the limit of "
+            f"{MAX_REPORT_CSV_BYTES // 2**20} MB for report files. Split the file."
+        )
+
+
+def _parse_rows(file_name: str, text: str) -> list[_ReportRow]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise ReportError(f"{file_name} is not a valid CSV file: {exc}.") from None
+    reader.fieldnames = header
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise ReportError(
+            f"{file_name} line 1: missing the columns {', '.join(missing)}. Found: "
+            f"{', '.join(header) or 'no header'}. The first line must name the columns "
+            f"patient and report_ifta_pct, and may name section and cohort."
+        )
+
+    rows = []
+    errors = []
+    try:
+        for record in reader:
+            line = reader.line_num
+            row, problems = _parse_record(file_name, line, record)
+            errors.extend(problems)
+            if row is not None:
+                rows.append(row)
+    except csv.Error as exc:
+        raise ReportError(f"{file_name} line {reader.line_num}: invalid CSV: {exc}.") from None
+    if errors:
+        raise ReportError("\n".join(errors))
+    if not rows:
+        raise ReportError(f"{file_name} has a header but no rows. Add one row per report.")
+    return rows
+
+
+def _parse_record(file_name: str, line: int, record: dict) -> tuple[_ReportRow | None, list[str]]:
+    problems = []
+    patient_id = (record.get("patient") or "").strip()
+    section_text = (record.get("section") or "").strip()
+    cohort = (record.get("cohort") or "").strip()
+    where = f"{file_name} line {line}"
+
+    if not patient_id:
+        problems.append(f"{where}, column patient: the cell is empty. Fill in the patient id.")
+    elif len(patient_id) > MAX_ID_LENGTH:
+        problems.append(f"{where}, column patient: longer than {MAX_ID_LENGTH} characters.")
+    if len(cohort) > MAX_ID_LENGTH:
+        problems.append(f"{where}, column cohort: longer than {MAX_ID_LENGTH} characters.")
+
+    section = None
+    if section_text:
+        try:
+            section = int(section_text)
+        except ValueError:
+            section = -1
+        if section < 0:
+            problems.append(
+                f"{where}, column section: {section_text!r} is not a non-negative whole "
+                f"number. Leave it empty for a report of the whole patient."
+            )
+
+    value = None
+    cell = record.get("report_ifta_pct")
+    if cell is None or not cell.strip():
+        problems.append(f"{where}, column report_ifta_pct: the cell is empty. Fill in a percentage.")
+    else:
+        try:
+            value = parse_report_pct(cell)
+        except ReportError as exc:
+            problems.append(f"{where}, column {exc}")
+
+    if problems:
+        return None, problems
+    return _ReportRow(line, patient_id, section, cohort or None, value), []
+
+
+def _match_rows(
+    file_name: str, rows: list[_ReportRow]
+) -> tuple[list[tuple[Slide, float]], dict[tuple[str, str], float]]:
+    slides_by_patient: dict[str, list[Slide]] = {}
+    patient_ids = {row.patient_id for row in rows}
+    for slide in Slide.objects.filter(patient_id__in=patient_ids).order_by("id"):
+        slides_by_patient.setdefault(slide.patient_id, []).append(slide)
+
+    slide_updates: list[tuple[Slide, float]] = []
+    patient_updates: dict[tuple[str, str], float] = {}
+    unmatched = []
+    errors = []
+    for row in rows:
+        where = f"{file_name} line {row.line}"
+        candidates = [
+            slide for slide in slides_by_patient.get(row.patient_id, [])
+            if row.cohort is None or slide.cohort == row.cohort
+        ]
+        if row.section is not None:
+            candidates = [slide for slide in candidates if slide.section == row.section]
+        cohorts = sorted({slide.cohort for slide in candidates})
+        label = _row_label(row)
+        if not candidates:
+            unmatched.append(f"line {row.line}: {label}")
+        elif len(cohorts) > 1:
+            errors.append(
+                f"{where}, column cohort: {label} has slides in the cohorts "
+                f"{', '.join(repr(c) for c in cohorts)}. Fill in the cohort."
+            )
+        elif row.section is not None and len(candidates) > 1:
+            names = ", ".join(f"{slide.name} (#{slide.pk})" for slide in candidates)
+            errors.append(
+                f"{where}, column section: {label} matches {len(candidates)} slides ({names}). "
+                f"Give each section its own number."
+            )
+        elif row.section is not None:
+            slide_updates.append((candidates[0], row.value))
+        else:
+            patient_updates[(cohorts[0], row.patient_id)] = row.value
+    if unmatched:
+        errors.append(
+            f"{file_name}: {len(unmatched)} rows match no slide (columns patient, section, "
+            f"cohort): {'; '.join(unmatched)}. Import those slides with their patient id "
+            f"and section first, or correct the rows."
+        )
+    if errors:
+        raise ReportError("\n".join(errors))
+    return slide_updates, patient_updates
+
+
+def _row_label(row: _ReportRow) -> str:
+    label = f"patient {row.patient_id!r}"
+    if row.section is not None:
+        label += f" section {row.section}"
+    if row.cohort is not None:
+        label += f" in cohort {row.cohort!r}"
+    return label
