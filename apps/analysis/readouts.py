@@ -24,9 +24,8 @@ import logging
 from dataclasses import asdict, dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from shapely import STRtree
-from shapely.geometry import mapping, shape
+from shapely.geometry import MultiPolygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
@@ -65,13 +64,21 @@ class ReadoutUnavailable(NephrowebError, ValueError):
 
 @dataclass(frozen=True, eq=False)
 class ReviewedInstance:
-    """One non-pending instance of the slide, as read once for both the key and the numbers."""
+    """One non-pending instance of the slide, as read once for both the key and the numbers.
+
+    ``geometry`` is the stored GeoJSON in level-0 pixels. It is parsed only when the
+    read-out is recomputed, because a current read-out needs the key alone.
+    """
 
     id: int
     version: int
     review_state: str
     class_name: str
-    geometry_level0: BaseGeometry
+    geometry: dict
+
+    @property
+    def geometry_level0(self) -> BaseGeometry:
+        return shape(self.geometry)
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ def current_readout(slide, source: str, model_version: ModelVersion | None = Non
     if stored is not None and stored.inputs_key == inputs_key:
         return stored
 
+    # Limitation: recomputing runs inside the caller's request. One concave-hull cluster of
+    # 10 000 atrophic tubules plus 10 000 other outlines took 6 s (2 shared CPU cores).
     predictions = []
     if run is not None:
         try:
@@ -200,7 +209,7 @@ def _non_pending_instances(slide) -> list[ReviewedInstance]:
         .values_list("id", "version", "review_state", "class_name", "geometry")
     )
     return [
-        ReviewedInstance(pk, version, state, class_name, shape(geometry))
+        ReviewedInstance(pk, version, state, class_name, geometry)
         for pk, version, state, class_name, geometry in rows
     ]
 
@@ -257,16 +266,18 @@ def _outlines(source: str, instances: list[ReviewedInstance], predictions) -> li
 
 
 def _cortex_level0(slide, instances: list[ReviewedInstance]) -> tuple[BaseGeometry | None, str]:
-    """Return the cortex in level-0 pixels and where it came from, or (None, "")."""
+    """Return the cortex in level-0 pixels and where it came from, or (None, "") without one."""
     annotated = [
         instance.geometry_level0
         for instance in instances
         if instance.review_state in REVIEWED_STATES and instance.class_name == CORTEX_CLASS
     ]
     if annotated:
-        return unary_union(annotated), CORTEX_FROM_ANNOTATION
+        cortex = MultiPolygon(make_valid_polygons(unary_union(annotated)))
+        if cortex.area > 0:
+            return cortex, CORTEX_FROM_ANNOTATION
     if slide.tissue_geojson:
-        tissue = unary_union(make_valid_polygons(shape(slide.tissue_geojson)))
+        tissue = MultiPolygon(make_valid_polygons(shape(slide.tissue_geojson)))
         if tissue.area > 0:
             return tissue, CORTEX_FROM_TISSUE_MASK
     return None, ""
@@ -287,7 +298,7 @@ def _measure(slide, outlines, cortex: tuple[BaseGeometry | None, str]) -> Readou
         counts.get(GLOMERULUS_CLASS, 0), counts.get(SCLEROTIC_GLOMERULUS_CLASS, 0)
     )
     if glomeruli.reason:
-        messages.append(f"Glomerulosclerosis %: {glomeruli.reason}.")
+        messages.append(f"{glomeruli.reason[0].upper()}{glomeruli.reason[1:]}.")
 
     used_settings = ifta_settings()
     ifta = None
@@ -300,11 +311,10 @@ def _measure(slide, outlines, cortex: tuple[BaseGeometry | None, str]) -> Readou
         )
     else:
         cortex_area_um2 = cortex_level0.area * slide.mpp * slide.mpp
+        densities = clinical.densities_per_mm2(counts, cortex_area_um2)
         atrophic = [geometry for class_name, geometry in outlines if class_name == ATROPHIC_TUBULE_CLASS]
         try:
             ifta = clinical.ifta(atrophic, cortex_level0, slide.mpp, **used_settings)
-            densities = clinical.densities_per_mm2(counts, ifta.cortex_area_um2)
-            cortex_area_um2 = ifta.cortex_area_um2
         except clinical.ClinicalInputError as error:
             logger.warning("Read-out of slide %s: IFTA failed: %s", slide.pk, error)
             messages.append(f"IFTA % could not be measured: {error}")
@@ -339,14 +349,11 @@ def _save(slide, source, model_version, run, inputs_key: str, values: ReadoutVal
     """Create or update the one row of (slide, source, model version).
 
     Two requests may recompute the same read-out at once. The unique constraints let only
-    one create the row, and the other then updates it.
+    one create the row. Django's update_or_create catches the other's IntegrityError,
+    reads the row and updates it.
     """
     fields = {**asdict(values), "inputs_key": inputs_key, "proposal_run": run}
-    lookup = {"slide": slide, "source": source, "model_version": model_version}
-    try:
-        with transaction.atomic():
-            readout, _ = SlideReadout.objects.update_or_create(**lookup, defaults=fields)
-    except IntegrityError:
-        with transaction.atomic():
-            readout, _ = SlideReadout.objects.update_or_create(**lookup, defaults=fields)
+    readout, _ = SlideReadout.objects.update_or_create(
+        slide=slide, source=source, model_version=model_version, defaults=fields
+    )
     return readout

@@ -8,7 +8,11 @@ cluster's hull is the 80 x 20 px box around them: 1600 px² = 400 µm².
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
 from shapely.geometry import box, mapping, shape
@@ -148,6 +152,21 @@ def test_too_few_tubules_for_a_cluster_give_zero(slide, settings):
     assert readout.settings["min_tubules"] == 4
 
 
+def test_invalid_ifta_setting_is_explained(slide, settings):
+    settings.NEPHROWEB_IFTA = {**CONVEX, "hull": "round"}
+
+    readout = current_readout(slide, "reviewed")
+
+    assert readout.ifta_pct is None
+    assert readout.banff_ci is None
+    assert readout.message == (
+        "IFTA % could not be measured: hull must be 'concave' or 'convex', got 'round'."
+    )
+    assert readout.cortex_area_um2 == CORTEX_UM2
+    assert readout.densities_per_mm2["glomerulus"] == 12.0
+    assert readout.glomerulosclerosis_pct == 25.0
+
+
 def test_tissue_mask_is_the_cortex_without_annotation(convex):
     slide = create_slide_record(name="tissue-only", mpp=MPP,
                                 tissue_geojson=mapping(box(0, 0, 2000, 1000)))
@@ -177,7 +196,7 @@ def test_no_cortex_and_no_tissue_explains_why(convex):
     assert readout.glomerulosclerosis_pct is None
     assert "no accepted \"cortex\" annotation and no tissue mask" in readout.message
     assert "Draw the cortex with the class \"cortex\"" in readout.message
-    assert "no glomeruli in the section" in readout.message
+    assert "No glomeruli in the section: glomerulosclerosis % is undefined." in readout.message
 
 
 @pytest.mark.parametrize(("width_px", "height_px", "pct", "grade"), [
@@ -237,6 +256,25 @@ def test_reject_and_delete_change_the_key(slide, make_user):
     keys.append(current_readout(slide, "reviewed").inputs_key)
 
     assert len(set(keys)) == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_reads_store_one_row(slide):
+    start = threading.Barrier(2)
+
+    def read():
+        try:
+            start.wait()
+            return current_readout(slide, "reviewed").pk
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ids = list(pool.map(lambda _: read(), range(2)))
+
+    assert ids[0] == ids[1]
+    assert SlideReadout.objects.filter(slide=slide).count() == 1
+    assert SlideReadout.objects.get(slide=slide).ifta_area_um2 == HULL_UM2
 
 
 def test_model_source_reads_predictions_file(model_slide):
