@@ -20,6 +20,8 @@ PERMISSION_WORDS = {
     "annotations.delete_evaluationregion": "remove evaluation regions",
     "review.assign_reviewers": "assign slides to reviewers",
     "training.train_models": "train models",
+    "analysis.view_modelevaluation": "view model evaluations",
+    "analysis.evaluate_models": "evaluate model versions",
     "analysis.view_slidereadout": "view read-outs",
 }
 
