@@ -250,6 +250,8 @@ def execute_evaluation(evaluation_id: int) -> ModelEvaluation:
     if evaluation.status in (ModelEvaluation.Status.SUCCEEDED, ModelEvaluation.Status.FAILED):
         logger.info("Evaluation %s already %s; nothing to do", evaluation_id, evaluation.status)
         return evaluation
+    # Limitation: there is no lease, so two deliveries of one task at the same time both
+    # compute. They store the same numbers.
     evaluation.status = ModelEvaluation.Status.RUNNING
     evaluation.message = ""
     evaluation.save(update_fields=["status", "message"])
