@@ -35,7 +35,7 @@ from apps.analysis.predictions import (
     latest_segmentation_run,
     load_run_predictions,
 )
-from apps.annotations.classes import configured_classes
+from apps.annotations.classes import CORTEX_CLASS, configured_classes
 from apps.annotations.models import Instance, ProposalRun
 from apps.annotations.services import overlaps_any
 from apps.training.models import ModelVersion
@@ -48,7 +48,6 @@ logger = logging.getLogger(__name__)
 Source = SlideReadout.Source
 State = Instance.ReviewState
 
-CORTEX_CLASS = "cortex"
 BACKGROUND_CLASS = "background"
 ATROPHIC_TUBULE_CLASS = "atrophic tubule"
 GLOMERULUS_CLASS = "glomerulus"

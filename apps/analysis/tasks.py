@@ -1,4 +1,4 @@
-"""Celery tasks of the analysis app; each loads an id, calls a service and returns.
+"""Celery tasks of the analysis app. Each loads an id, calls a service and returns.
 
 They run on the default queue, because they read files and the database and need no GPU.
 """

@@ -20,6 +20,11 @@ class InstanceClass:
         return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
+# An area class outlines a tissue compartment, not an object: IFTA's denominator. It is
+# never trained on or scored, and a proposal inside it is not a duplicate of it.
+CORTEX_CLASS = "cortex"
+
+
 class UnknownClassError(NephrowebError, ValueError):
     """A class name that is not in NEPHROWEB_CLASSES."""
 

@@ -13,6 +13,7 @@ from ml.errors import NephrowebError
 from nephroweb.leases import acquire_lease, release_lease, renew_lease
 
 from . import events
+from .classes import CORTEX_CLASS
 from .geometry import instance_row
 from .models import Instance, ProposalRun
 
@@ -221,6 +222,7 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
         reviewed = [
             shape(g) for g in Instance.objects.filter(slide=slide)
             .exclude(review_state=Instance.ReviewState.PENDING)
+            .exclude(class_name=CORTEX_CLASS)
             .values_list("geometry", flat=True)
         ]
         tree = STRtree(reviewed) if reviewed else None

@@ -223,3 +223,16 @@ def test_model_settings_override_rejects_unknown_field(cmu_slide, version, clien
     )
     assert response.status_code == 400
     assert "min_class_prob" in response.content.decode()
+
+
+def test_cortex_annotation_does_not_block_proposals_inside_it(cmu_slide, version, fast_segmentation):
+    cortex = instance_row(
+        box(0, 0, cmu_slide.width_px, cmu_slide.height_px), slide=cmu_slide, mpp=cmu_slide.mpp,
+        source=Instance.Source.DRAWN, class_name="cortex", review_state=Instance.ReviewState.ACCEPTED,
+    )
+    cortex.save()
+
+    run = run_to_end(cmu_slide, version)
+
+    assert run.counts["dropped_overlaps_reviewed"] == 0
+    assert run.counts["stored"] == run.counts["kept"] > 0
