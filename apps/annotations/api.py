@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import F
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from rest_framework import status
@@ -22,6 +21,7 @@ from .geojson import export_feature_collection
 from .importing import import_annotations
 from .models import Instance, ProposalRun
 from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
+from .viewport import viewport_feature_collection
 
 
 class ProposalRunListView(APIView):
@@ -94,28 +94,10 @@ class InstanceViewportView(APIView):
         query = ViewportSerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         x_min, y_min, x_max, y_max = query.validated_data["bbox"]
-        limit = query.validated_data["limit"]
-        rows = list(
-            services.instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit + 1).values(
-                "id", "geometry", "class_name", "review_state", "source", "predicted_iou",
-                "stability_score", "class_confidence", "area_um2", "version",
-                model_version_name=F("proposal_run__model_version__name"),
-            )
+        body = viewport_feature_collection(
+            slide, x_min, y_min, x_max, y_max, query.validated_data["limit"]
         )
-        features = [
-            {
-                "type": "Feature",
-                "id": row.pop("id"),
-                "geometry": row.pop("geometry"),
-                "properties": row,
-            }
-            for row in rows[:limit]
-        ]
-        return Response({
-            "type": "FeatureCollection",
-            "features": features,
-            "truncated": len(rows) > limit,
-        })
+        return HttpResponse(body, content_type="application/json")
 
 
 class GeoJSONExportView(APIView):

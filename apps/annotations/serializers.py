@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from nephroweb.time_remaining import estimate_seconds_remaining
+
 from .models import ProposalRun
 
 
@@ -9,15 +11,22 @@ class ProposalRunSerializer(serializers.ModelSerializer):
     model_version_name = serializers.CharField(
         source="model_version.name", default=None, read_only=True
     )
+    seconds_remaining = serializers.SerializerMethodField()
 
     class Meta:
         model = ProposalRun
         fields = [
             "id", "slide", "status", "sam_type", "model_version", "model_version_name",
             "checkpoint_sha256", "settings", "counts", "tiles_done", "tiles_total", "message",
-            "created_at", "started_at", "finished_at",
+            "created_at", "started_at", "finished_at", "seconds_remaining",
         ]
         read_only_fields = fields
+
+    def get_seconds_remaining(self, run) -> int | None:
+        """Estimate the seconds until a running run has all its tiles, or None when not running."""
+        if run.status != ProposalRun.Status.RUNNING:
+            return None
+        return estimate_seconds_remaining(run.started_at, run.tiles_done, run.tiles_total)
 
 
 class ProposalRunRequestSerializer(serializers.Serializer):

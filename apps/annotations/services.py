@@ -4,7 +4,9 @@ import logging
 import time
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import BooleanField
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from shapely import STRtree
 from shapely.geometry import shape
@@ -23,6 +25,8 @@ logger = logging.getLogger(__name__)
 # dropped: a task never puts a duplicate on top of a human's work.
 REVIEWED_OVERLAP_FRACTION = 0.5
 PROGRESS_INTERVAL_S = 0.5
+# The indexed box expression of migration 0005; a query must repeat it exactly to use the index.
+BBOX_EXPRESSION = "box(point(x_min_level0, y_min_level0), point(x_max_level0, y_max_level0))"
 
 
 def proposal_settings(overrides: dict | None = None):
@@ -266,15 +270,27 @@ def overlaps_any(polygon, tree, reviewed) -> bool:
 
 
 def instances_in_viewport(slide, x_min, y_min, x_max, y_max, limit):
-    """Instances whose bounding box overlaps the level-0 box (not only those starting in it)."""
-    return (
-        Instance.objects.filter(
-            slide=slide,
-            x_max_level0__gte=x_min,
-            x_min_level0__lte=x_max,
-            y_max_level0__gte=y_min,
-            y_min_level0__lte=y_max,
-        )
-        .exclude(review_state=Instance.ReviewState.REJECTED)
-        .order_by("id")[:limit]
-    )
+    """Up to ``limit`` instances whose bounding box overlaps the level-0 box, unordered.
+
+    Overlap includes touching edges and instances that start outside the box. On
+    PostgreSQL the box test ``&&`` uses the GiST index of migration 0005, and the four
+    comparisons state the same test for other databases. The query has no ORDER BY, so
+    PostgreSQL can stop after ``limit`` rows. Sorting all matches by id took about 0.5 s
+    at whole-slide zoom on 100 000 instances (PostgreSQL 15, 2 shared CPU cores).
+    NOTE: when more than ``limit`` instances match, which of them come back is up to the
+    database (the first it finds), not the lowest ids.
+    """
+    queryset = Instance.objects.filter(
+        slide=slide,
+        x_max_level0__gte=x_min,
+        x_min_level0__lte=x_max,
+        y_max_level0__gte=y_min,
+        y_min_level0__lte=y_max,
+    ).exclude(review_state=Instance.ReviewState.REJECTED)
+    if connection.vendor == "postgresql":
+        queryset = queryset.filter(RawSQL(
+            f"{BBOX_EXPRESSION} && box(point(%s, %s), point(%s, %s))",
+            (x_min, y_min, x_max, y_max),
+            output_field=BooleanField(),
+        ))
+    return queryset.order_by()[:limit]
