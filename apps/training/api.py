@@ -53,6 +53,7 @@ class ModelVersionRequestSerializer(serializers.Serializer):
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    seconds_remaining = serializers.SerializerMethodField()
 
     class Meta:
         model = ModelVersion
@@ -61,8 +62,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "base_checkpoint_sha256",
             "config", "device_auto", "mpp", "crop_px", "class_names", "metrics", "best_epoch",
             "weights_path", "weights_sha256", "message", "cancel_requested", "created_by",
-            "created_at", "started_at", "finished_at",
+            "created_at", "started_at", "finished_at", "seconds_remaining",
         ]
+
+    def get_seconds_remaining(self, version) -> int | None:
+        return services.version_seconds_remaining(version)
 
 
 class SnapshotListView(APIView):

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ml.errors import CheckpointError, NephrowebError, SettingsError
 from nephroweb.leases import acquire_lease, release_lease, renew_lease
+from nephroweb.time_remaining import estimate_seconds_remaining
 
 from . import snapshots
 from .models import ModelVersion, TrainingSnapshot
@@ -422,8 +423,20 @@ def _finish(version: ModelVersion, status: str, message: str) -> None:
 # ---------------------------------------------------------------------------- events
 
 
+def version_seconds_remaining(version: ModelVersion, now=None) -> int | None:
+    """Estimate the seconds until a running version finishes its configured epochs.
+
+    None unless the version is running and has finished an epoch. Early stopping can end
+    training sooner, so the estimate is an upper bound in that case.
+    """
+    if version.status != ModelVersion.Status.RUNNING:
+        return None
+    epochs_total = int((version.config or {}).get("epochs") or 0)
+    return estimate_seconds_remaining(version.started_at, len(version.metrics), epochs_total, now)
+
+
 def version_payload(version: ModelVersion) -> dict:
-    """Return the progress message of a version: its status and per-epoch metrics."""
+    """Return the progress message of a version: its status, per-epoch metrics, time left."""
     return {
         "id": version.pk,
         "name": version.name,
@@ -433,6 +446,7 @@ def version_payload(version: ModelVersion) -> dict:
         "metrics": version.metrics,
         "best_epoch": version.best_epoch,
         "message": version.message,
+        "seconds_remaining": version_seconds_remaining(version),
     }
 
 

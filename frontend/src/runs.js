@@ -5,6 +5,7 @@
 // also reloads the runs from the API every few seconds while a run is active and after
 // every reconnect.
 import { api } from "./api.js";
+import { timeRemainingText } from "./time_remaining.js";
 
 const RESYNC_INTERVAL_MS = 3000;
 // While no run is active the panel still looks for runs that other users start: the
@@ -139,11 +140,15 @@ export class RunPanel {
     this.updateButtons();
     this.progress.max = Math.max(run.tiles_total, 1);
     this.progress.value = run.tiles_done;
-    const tiles = run.tiles_total ? ` (${run.tiles_done} / ${run.tiles_total} tiles)` : "";
+    const left = run.status === "running" ? timeRemainingText(run.seconds_remaining) : "";
+    const tiles = run.tiles_total
+      ? ` (${run.tiles_done} / ${run.tiles_total} tiles${left ? `, ${left}` : ""})`
+      : "";
     const kind = run.model_version_name
       ? `Segmentation run ${run.id} with ${run.model_version_name}`
       : `SAM proposal run ${run.id}`;
     this.status.textContent = `${kind}: ${run.status}${tiles}`;
+    this.status.dataset.secondsRemaining = run.seconds_remaining ?? "";
     this.message.textContent = run.status === "failed" ? run.message : "";
     if (run.model_version_name && run.status === "succeeded" && run.counts
         && run.counts.masks_generated > 0 && run.counts.stored === 0) {

@@ -4,6 +4,7 @@
 // demo's in-process channel layer never carries the worker's progress to the web server,
 // so the page also reloads the versions from the API every few seconds while one is active.
 import { api } from "./api.js";
+import { timeRemainingText } from "./time_remaining.js";
 import { drawCurves } from "./training_curves.js";
 
 const RESYNC_INTERVAL_MS = 3000;
@@ -30,6 +31,13 @@ const ACCURACY_SERIES = [
 ];
 
 // What a version started from: an earlier version, the EfficientNet model or a SAM checkpoint.
+// "3 / 40", and while training "3 / 40, about 5 min left".
+function epochsText(version) {
+  const done = `${version.metrics.length} / ${(version.config || {}).epochs ?? "?"}`;
+  const left = version.status === "running" ? timeRemainingText(version.seconds_remaining) : "";
+  return left ? `${done}, ${left}` : done;
+}
+
 function baseLabel(version) {
   if (version.base_version) return `version ${version.base_version}`;
   if (version.base_checkpoint === EFFICIENTNET_BASE) return "EfficientNet-Lite0";
@@ -371,7 +379,7 @@ class VersionList {
         cell(String(version.snapshot)),
         cell(baseLabel(version)),
         cell(version.status),
-        cell(`${version.metrics.length} / ${(version.config || {}).epochs ?? "?"}`),
+        cell(epochsText(version)),
         cell(version.best_epoch ? String(version.best_epoch) : "–"),
         actions,
       );
@@ -399,8 +407,11 @@ class VersionList {
     progress.value = version.metrics.length;
     const best = version.best_epoch ? `, best epoch ${version.best_epoch}` : "";
     const stopping = version.cancel_requested && ACTIVE.has(version.status) ? " (cancel requested)" : "";
-    detail.querySelector("#version-detail-status").textContent =
-      `${version.status}${stopping}: epoch ${version.metrics.length} of ${epochs}${best}`;
+    const left = version.status === "running" ? timeRemainingText(version.seconds_remaining) : "";
+    const detailStatus = detail.querySelector("#version-detail-status");
+    detailStatus.textContent =
+      `${version.status}${stopping}: epoch ${version.metrics.length} of ${epochs}${best}${left ? `, ${left}` : ""}`;
+    detailStatus.dataset.secondsRemaining = version.seconds_remaining ?? "";
     detail.querySelector("#version-detail-message").textContent =
       version.status === "failed" || version.status === "cancelled" ? version.message : "";
     this.cancelButton.hidden = !ACTIVE.has(version.status);
