@@ -25,7 +25,7 @@ function formatTick(value) {
 // rows: metric dicts with an `epoch` field. yRange: [min, max], or null to fit the data.
 // bestEpoch: epoch to mark with a vertical line, 0 for none. The svg gets data-points
 // (the number of plotted epochs) so tests and users can see what was drawn.
-export function drawCurves(svg, { title, series, rows, epochs, bestEpoch = 0, yRange = null }) {
+export function drawCurves(svg, { title, series, rows, epochs, bestEpoch = 0, yRange = null, emptyText = "No finished epoch yet" }) {
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
   svg.setAttribute("preserveAspectRatio", "xMinYMin meet");
@@ -108,6 +108,6 @@ export function drawCurves(svg, { title, series, rows, epochs, bestEpoch = 0, yR
   if (plotted.length === 0) {
     svg.append(element("text", {
       x: MARGIN.left + plotWidth / 2, y: MARGIN.top + plotHeight / 2, "font-size": 12, "text-anchor": "middle", fill: "#777",
-    }, "No finished epoch yet"));
+    }, emptyText));
   }
 }
