@@ -5,7 +5,9 @@ Pipeline of :func:`propose`, each step counted in ``ProposalResult.counts``:
 1. Cut the slide's working frame (``settings.mpp``) into overlapping tiles. Tiles whose
    tissue fraction is below ``min_tile_tissue_fraction`` are skipped and never reach the
    SAM image encoder.
-2. Run segment-anything's ``SamAutomaticMaskGenerator`` on each remaining tile.
+2. Generate automatic masks on each remaining tile with ``settings.mask_generator``:
+   "fast" (``ml.mask_generation.FastMaskGenerator``, filters on low-resolution logits)
+   or "reference" (segment-anything's ``SamAutomaticMaskGenerator``).
 3. Drop masks larger than ``max_area_fraction`` of the tile area (not tissue structures),
    smaller than ``min_area_um2``, or with less than ``min_mask_tissue_fraction`` of their
    area inside the tissue mask.
@@ -23,15 +25,21 @@ Usage::
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
 
 from ml.instances import Instance
+from ml.mask_generation import (
+    GeneratedMasks,
+    MaskGenerator,
+    build_mask_generator,
+    check_generator_options,
+)
 from ml.merge import merge_instances
 from ml.sam import LoadedSam
 from ml.slide import Slide, WorkingFrame
@@ -45,6 +53,9 @@ from ml.tiling import Tile, tile_grid
 from ml.tissue import TissueMask
 
 logger = logging.getLogger(__name__)
+
+# Keys of ProposalResult.stage_seconds, in pipeline order.
+STAGES = ("read", "encoder", "mask_generation", "polygons", "merge")
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after every tile, skipped ones included."""
@@ -77,6 +88,10 @@ class ProposalSettings(TiledMaskSettings):
         pred_iou_thresh: Minimum SAM predicted IoU of a mask, 0..1.
         stability_score_thresh: Minimum SAM stability score of a mask, 0..1.
         box_nms_thresh: Box IoU above which SAM's NMS drops a mask within a tile, 0..1.
+        mask_generator: "fast" (filters on low-resolution logits, upsamples survivors
+            only) or "reference" (Meta's SamAutomaticMaskGenerator).
+        encoder_dtype: "float32" or "bfloat16" (image encoder under autocast, fast
+            generator only).
     """
 
     SETTINGS_KIND: ClassVar[str] = "Proposal"
@@ -84,12 +99,15 @@ class ProposalSettings(TiledMaskSettings):
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.7
+    mask_generator: str = "fast"
+    encoder_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_number("pred_iou_thresh", self.pred_iou_thresh, 0.0, 1.0)
         self.check_number("stability_score_thresh", self.stability_score_thresh, 0.0, 1.0)
         self.check_number("box_nms_thresh", self.box_nms_thresh, 0.0, 1.0)
+        check_generator_options(self.mask_generator, self.encoder_dtype)
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,10 @@ class ProposalResult:
         tiles_total: Tiles in the grid.
         tiles_processed: Tiles that SAM segmented (the rest had too little tissue).
         overlap_px: Tile overlap used, in working pixels.
+        stage_seconds: Wall seconds per stage, summed over tiles: ``read`` (tile
+            pixels), ``encoder`` (SAM image encoder), ``mask_generation`` (prompts,
+            filters and NMS after the encoder), ``polygons`` (size and tissue filters,
+            tracing) and ``merge``.
     """
 
     instances: tuple[Instance, ...]
@@ -111,6 +133,7 @@ class ProposalResult:
     tiles_total: int
     tiles_processed: int
     overlap_px: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def propose(
@@ -130,27 +153,31 @@ def propose(
         progress: Called after every tile with (tiles_done, tiles_total).
 
     Cost: one SAM image encoding per processed tile plus ``points_per_side**2`` prompts
-    decoded at tile resolution. On CPU with vit_b that is tens of seconds per tile
-    (estimate), so run it in a background task, on a GPU where possible.
+    through the mask decoder. On a CPU with vit_b that is tens of seconds per tile
+    (docs/proposals.md has measurements), so run it in a background task, on a GPU
+    where possible.
     """
     model = sam_model.model if isinstance(sam_model, LoadedSam) else sam_model
     frame = slide.working_frame(settings.mpp)
     overlap_px = settings.resolved_overlap_px
     tiles = tile_grid(frame.width_px, frame.height_px, settings.tile_px, overlap_px)
-    generator = SamAutomaticMaskGenerator(
+    generator = build_mask_generator(
         model,
+        settings.mask_generator,
         points_per_side=settings.points_per_side,
         points_per_batch=settings.points_per_batch,
         pred_iou_thresh=settings.pred_iou_thresh,
         stability_score_thresh=settings.stability_score_thresh,
         box_nms_thresh=settings.box_nms_thresh,
-        output_mode="binary_mask",
+        encoder_dtype=settings.encoder_dtype,
     )
+    stage_seconds = dict.fromkeys(STAGES, 0.0)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["tiles_total"] = len(tiles)
     logger.info(
-        "Proposing on %s: %d tiles of %d px at %.3g µm/px, overlap %d px",
+        "Proposing on %s: %d tiles of %d px at %.3g µm/px, overlap %d px, %s masks",
         slide.info.path.name, len(tiles), settings.tile_px, settings.mpp, overlap_px,
+        settings.mask_generator,
     )
 
     candidates: list[Instance] = []
@@ -161,22 +188,31 @@ def propose(
         else:
             counts["tiles_processed"] += 1
             candidates.extend(
-                _propose_tile(slide, frame, tile, generator, settings, tissue, counts)
+                _propose_tile(
+                    slide, frame, tile, generator, settings, tissue, counts, stage_seconds
+                )
             )
         if progress is not None:
             progress(tiles_done, len(tiles))
 
+    merge_started = time.perf_counter()
     merged = merge_instances(candidates)
+    stage_seconds["merge"] = time.perf_counter() - merge_started
     counts["dropped_merge_duplicate"] = len(merged.dropped_duplicate)
     counts["dropped_merge_conflict"] = len(merged.dropped_conflict)
     counts["kept"] = len(merged.kept)
-    logger.info("Proposals for %s: %s", slide.info.path.name, counts)
+    logger.info(
+        "Proposals for %s: %s, seconds per stage %s",
+        slide.info.path.name, counts,
+        {stage: round(seconds, 2) for stage, seconds in stage_seconds.items()},
+    )
     return ProposalResult(
         instances=merged.kept,
         counts=counts,
         tiles_total=len(tiles),
         tiles_processed=counts["tiles_processed"],
         overlap_px=overlap_px,
+        stage_seconds=stage_seconds,
     )
 
 
@@ -184,15 +220,26 @@ def _propose_tile(
     slide: Slide,
     frame: WorkingFrame,
     tile: Tile,
-    generator: SamAutomaticMaskGenerator,
+    generator: MaskGenerator,
     settings: ProposalSettings,
     tissue: TissueMask,
     counts: dict[str, int],
+    stage_seconds: dict[str, float],
 ) -> list[Instance]:
-    """Run SAM on one tile and return its filtered instances, updating ``counts``."""
+    """Run SAM on one tile and return its filtered instances, updating the counters."""
+    read_started = time.perf_counter()
     rgb = frame.read(slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
-    records = generator.generate(rgb)
+    stage_seconds["read"] += time.perf_counter() - read_started
+    # The generator's early size filter measures the whole tile, but the filter below
+    # measures the part on the image, so a tile that overhangs the image edge skips it.
     image_w_px, image_h_px = image_size_in_tile(tile, frame)
+    whole_tile = (image_w_px, image_h_px) == (tile.w_px, tile.h_px)
+    generated = generator.generate(rgb, max_area_px=settings.max_area_px if whole_tile else None)
+    stage_seconds["encoder"] += generated.encoder_seconds
+    stage_seconds["mask_generation"] += generated.mask_generation_seconds
+
+    polygons_started = time.perf_counter()
+    records = generated.records
     px_area_um2 = settings.mpp**2
     instances = []
     tile_counts = dict.fromkeys(
@@ -200,10 +247,11 @@ def _propose_tile(
          "dropped_outside_tissue"),
         0,
     )
+    tile_counts["dropped_too_large"] = generated.dropped_too_large
 
     for record in records:
         # Pixels past the image edge are the reader's padding, not slide.
-        mask = np.asarray(record["segmentation"], dtype=bool)[:image_h_px, :image_w_px]
+        mask = record.mask[:image_h_px, :image_w_px]
         area_px = int(np.count_nonzero(mask))
         if area_px > settings.max_area_px:
             tile_counts["dropped_too_large"] += 1
@@ -220,8 +268,8 @@ def _propose_tile(
         instances.append(
             Instance(
                 polygon_level0=traced.polygon_level0,
-                predicted_iou=float(record["predicted_iou"]),
-                stability_score=float(record["stability_score"]),
+                predicted_iou=record.predicted_iou,
+                stability_score=record.stability_score,
                 tile_index=tile.index,
                 touches_interior_edge=traced.touches_interior_edge,
             )
@@ -229,9 +277,11 @@ def _propose_tile(
 
     for key, value in tile_counts.items():
         counts[key] += value
-    counts["masks_generated"] += len(records)
+    counts["masks_generated"] += len(records) + generated.dropped_too_large
+    stage_seconds["polygons"] += time.perf_counter() - polygons_started
     logger.debug(
         "Tile %d at (%d, %d) px: %d masks, %d candidates, drops %s",
         tile.index, tile.x_px, tile.y_px, len(records), len(instances), tile_counts,
     )
     return instances
+

@@ -250,6 +250,8 @@ NEPHROWEB_PROPOSALS = {
     "pred_iou_thresh": env_number("NEPHROWEB_PRED_IOU_THRESH", 0.88),
     "stability_score_thresh": env_number("NEPHROWEB_STABILITY_SCORE_THRESH", 0.95),
     "min_area_um2": env_number("NEPHROWEB_MIN_AREA_UM2", 100.0),
+    "mask_generator": env_str("NEPHROWEB_MASK_GENERATOR", "fast"),
+    "encoder_dtype": env_str("NEPHROWEB_ENCODER_DTYPE", "float32"),
 }
 NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
 # Segmentation runs of a class-aware model version. The working mpp and tile size come
