@@ -18,9 +18,9 @@ so the recall then shows only that both paths find the same arbitrary masks.
 
 Usage::
 
-    .venv/bin/python benchmarks/run.py --quick          # one 1024 px tile, minutes on CPU
+    .venv/bin/python benchmarks/run.py --quick          # one 1024 px tile at 2 µm/px
     .venv/bin/python benchmarks/run.py                  # the whole small slide at 1 µm/px
-    .venv/bin/python benchmarks/run.py --merge-only 100000
+    .venv/bin/python benchmarks/run.py --merge-only 100000   # JSON only, docs untouched
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ if str(REPO_ROOT) not in sys.path:
 import shapely  # noqa: E402
 import torch  # noqa: E402
 
-import ml.proposals  # noqa: E402
 from benchmarks.learn_ki import (  # noqa: E402
     DOCS_PATH,
     command_prefix,
@@ -59,7 +58,7 @@ from benchmarks.reference_proposals import run_reference  # noqa: E402
 from ml.instances import Instance  # noqa: E402
 from ml.proposals import ProposalSettings, propose  # noqa: E402
 from ml.sam import ARCHITECTURES, TINY_TEST, build_sam, load_sam  # noqa: E402
-from ml.slide import WorkingFrame, open_slide  # noqa: E402
+from ml.slide import open_slide  # noqa: E402
 from ml.tissue import detect_tissue  # noqa: E402
 
 logger = logging.getLogger("benchmarks.run")
@@ -86,6 +85,8 @@ class BenchmarkOptions:
         seed: Seed of the random weights.
         merge_instances: Synthetic instances for the merge timing of ours.
         merge_reference_instances: Synthetic instances for the pairwise reference merge.
+        trace_python_memory: Run both paths under tracemalloc. It slows code that makes
+            many Python objects, such as the run-length encoding of speckled masks.
         command: Command line recorded in the report.
     """
 
@@ -96,6 +97,7 @@ class BenchmarkOptions:
     seed: int = 0
     merge_instances: int = 100_000
     merge_reference_instances: int = 2_000
+    trace_python_memory: bool = True
     command: str = ""
 
 
@@ -137,85 +139,39 @@ class EncoderTimer:
 
 
 @contextmanager
-def proposal_stage_timers() -> Iterator[dict[str, float]]:
-    """Time the read, tracing and merge calls inside ``propose`` by wrapping them.
-
-    Used only while ``ProposalResult`` has no ``stage_seconds`` of its own. The wrappers
-    are removed on exit.
-    """
-    seconds = dict.fromkeys(("read", "polygons", "merge"), 0.0)
-    originals = {
-        "read": WorkingFrame.read,
-        "polygons": ml.proposals.trace_mask,
-        "merge": ml.proposals.merge_instances,
-    }
-
-    def timed(stage: str):
-        function = originals[stage]
-
-        def wrapper(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                seconds[stage] += time.perf_counter() - started
-
-        return wrapper
-
-    WorkingFrame.read = timed("read")
-    ml.proposals.trace_mask = timed("polygons")
-    ml.proposals.merge_instances = timed("merge")
-    try:
-        yield seconds
-    finally:
-        WorkingFrame.read = originals["read"]
-        ml.proposals.trace_mask = originals["polygons"]
-        ml.proposals.merge_instances = originals["merge"]
-
-
-@contextmanager
-def peak_memory() -> Iterator[dict[str, float]]:
+def peak_memory(trace_python: bool = True) -> Iterator[dict[str, float | None]]:
     """Record the peak of Python allocations (tracemalloc) and the process's max RSS, in MiB.
 
     Max RSS is the maximum over the process's lifetime so far, so only the first path
     measured gets an RSS of its own. Tensors that PyTorch allocates in C++ are not traced.
+    Without ``trace_python`` the tracemalloc peak is None.
     """
-    measured: dict[str, float] = {}
-    tracemalloc.start()
+    measured: dict[str, float | None] = {"tracemalloc_peak_mib": None}
+    if trace_python:
+        tracemalloc.start()
     try:
         yield measured
     finally:
-        _, peak_bytes = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        measured["tracemalloc_peak_mib"] = round(peak_bytes / 2**20, 1)
+        if trace_python:
+            _, peak_bytes = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            measured["tracemalloc_peak_mib"] = round(peak_bytes / 2**20, 1)
         # Linux reports ru_maxrss in KiB.
         measured["max_rss_mib"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
         )
 
 
-def run_ours(slide, model, settings: ProposalSettings, tissue, encoder_timer: EncoderTimer):
-    """Run ``propose`` and return (instances, stage seconds, wall seconds, counts, source)."""
-    encoder_timer.reset()
-    with proposal_stage_timers() as timed:
-        started = time.perf_counter()
-        result = propose(slide, model, settings, tissue)
-        wall = time.perf_counter() - started
-    reported = getattr(result, "stage_seconds", None)
-    if reported:
-        stages = {stage: float(reported.get(stage, 0.0)) for stage in STAGES[:5]}
-        source = "ProposalResult.stage_seconds"
-    else:
-        stages = {
-            "read": timed["read"],
-            "encoder": encoder_timer.seconds,
-            "polygons": timed["polygons"],
-            "merge": timed["merge"],
-        }
-        # The rest of the wall time: prompt decoding, mask post-processing and filters.
-        stages["mask_generation"] = max(0.0, wall - sum(stages.values()))
-        source = "benchmark timers (ProposalResult has no stage_seconds)"
-    return list(result.instances), stages, wall, dict(result.counts), source
+def run_ours(slide, model, settings: ProposalSettings, tissue):
+    """Run ``propose`` and return (instances, stage seconds, wall seconds, counts).
+
+    The stage seconds are the ones ``propose`` reports in ``ProposalResult.stage_seconds``.
+    """
+    started = time.perf_counter()
+    result = propose(slide, model, settings, tissue)
+    wall = time.perf_counter() - started
+    stages = {stage: float(result.stage_seconds[stage]) for stage in STAGES[:5]}
+    return list(result.instances), stages, wall, dict(result.counts)
 
 
 def run_reference_timed(slide, model, settings, tissue, encoder_timer: EncoderTimer):
@@ -322,11 +278,11 @@ def run_benchmark(options: BenchmarkOptions) -> dict:
             tissue = detect_tissue(slide)
             bounds = slide.info.bounds_level0
             # Ours runs first, so the process's max RSS after it is its own.
-            with peak_memory() as ours_memory:
-                ours, ours_stages, ours_wall, ours_counts, stage_source = run_ours(
-                    slide, model, settings, tissue, encoder_timer
+            with peak_memory(options.trace_python_memory) as ours_memory:
+                ours, ours_stages, ours_wall, ours_counts = run_ours(
+                    slide, model, settings, tissue
                 )
-            with peak_memory() as reference_memory:
+            with peak_memory(options.trace_python_memory) as reference_memory:
                 reference, reference_stages, reference_wall, reference_counts = (
                     run_reference_timed(slide, model, settings, tissue, encoder_timer)
                 )
@@ -367,7 +323,6 @@ def run_benchmark(options: BenchmarkOptions) -> dict:
         [instance.polygon_level0 for instance in ours],
     )
     report["recall_at_iou_0_8"] = None if recall is None else round(recall, 4)
-    report["stage_source_ours"] = stage_source
     report["merge_scaling"] = measure_merge_scaling(
         options.merge_instances, options.merge_reference_instances
     )
@@ -376,11 +331,9 @@ def run_benchmark(options: BenchmarkOptions) -> dict:
         "sam_type": options.sam_type,
         "weights": str(options.checkpoint) if options.checkpoint else f"random, seed {options.seed}",
         "slide": options.slide_path.name,
+        "tracemalloc": options.trace_python_memory,
         "reference_overlap_px": settings.tile_px // 2,
         "ours_overlap_px": settings.resolved_overlap_px,
-        "mask_generator_ours": getattr(
-            settings, "mask_generator", "segment_anything SamAutomaticMaskGenerator"
-        ),
     }
     report["command"] = options.command
     report["machine"] = machine_description()
@@ -416,8 +369,9 @@ def _settings_lines(report: dict) -> list[str]:
         "overlap, applies the same filters and tracing (`ml.tile_masks.trace_mask`), and "
         "merges by comparing each instance with every kept one, by the rules of `ml.merge`. "
         "The ratio is reference seconds / ours. Encoder seconds come from forward hooks on "
-        "the image encoder. Both paths run under tracemalloc, which slows Python code alike "
-        "in both.",
+        "the image encoder. "
+        + ("Both paths ran under tracemalloc, which slows Python code alike in both."
+           if report["settings"]["tracemalloc"] else "tracemalloc was off."),
         "",
         f"- Command: `{report['command']}`",
         f"- Date: {report['date_utc']} UTC",
@@ -430,8 +384,8 @@ def _settings_lines(report: dict) -> list[str]:
         f"- Weights: {settings['sam_type']}, {settings['weights']}; pred_iou_thresh "
         f"{settings['pred_iou_thresh']}, stability_score_thresh "
         f"{settings['stability_score_thresh']}",
-        f"- Mask generator of ours: {settings['mask_generator_ours']}; stage times of ours from "
-        f"{report['stage_source_ours']}",
+        f"- Ours: mask_generator `{settings['mask_generator']}`, encoder_dtype "
+        f"`{settings['encoder_dtype']}`, stage seconds from `ProposalResult.stage_seconds`",
         "",
     ]
 
@@ -463,8 +417,9 @@ def _finding_lines(report: dict) -> list[str]:
         f"- Instances kept: reference {reference['instances']} from "
         f"{reference['counts']['tiles_processed']} tiles, ours {ours['instances']} from "
         f"{ours['counts']['tiles_processed']} tiles",
-        f"- Peak memory: Python allocations (tracemalloc) {reference['peak_memory']['tracemalloc_peak_mib']} "
-        f"MiB reference, {ours['peak_memory']['tracemalloc_peak_mib']} MiB ours; max RSS after "
+        f"- Peak memory: Python allocations (tracemalloc) "
+        f"{_mib(reference['peak_memory']['tracemalloc_peak_mib'])} reference, "
+        f"{_mib(ours['peak_memory']['tracemalloc_peak_mib'])} ours; max RSS after "
         f"ours {ours['peak_memory']['max_rss_mib']} MiB, after both "
         f"{reference['peak_memory']['max_rss_mib']} MiB",
         "- Recall at IoU 0.8 of the reference's instances by ours: "
@@ -490,6 +445,10 @@ def _finding_lines(report: dict) -> list[str]:
         f"{_cell(merge['ratio_on_reference_instances'])}); same kept set: {merge['same_kept']}",
     ]
     return lines
+
+
+def _mib(value: float | None) -> str:
+    return "not traced" if value is None else f"{value} MiB"
 
 
 def _cell(value: float | None) -> str:
@@ -528,6 +487,8 @@ def parse_options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Bench
     parser.add_argument("--merge-reference-instances", type=int,
                         help="synthetic instances for the pairwise reference merge "
                         "(default 2000, 500 with --quick)")
+    parser.add_argument("--no-tracemalloc", action="store_true",
+                        help="time both paths without tracemalloc (no Python allocation peak)")
     parser.add_argument("--docs", type=Path, default=DOCS_PATH,
                         help="markdown file whose speed section the run replaces")
     args = parser.parse_args(argv)
@@ -555,6 +516,7 @@ def parse_options(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Bench
         merge_instances=args.merge_only or (10_000 if args.quick else 100_000),
         merge_reference_instances=args.merge_reference_instances
         or (500 if args.quick else 2_000),
+        trace_python_memory=not args.no_tracemalloc,
         command=command,
     )
     return args, options

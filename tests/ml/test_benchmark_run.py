@@ -10,13 +10,10 @@ from pathlib import Path
 import pytest
 from shapely.geometry import box
 
-import ml.proposals
-import ml.tile_masks
 from benchmarks.merge_scaling import synthetic_instances
 from benchmarks.reference_proposals import pairwise_merge, reference_tiles
 from benchmarks.run import SECTION_TITLE, STAGES, main, recall_at_iou
 from ml.merge import merge_instances
-from ml.slide import WorkingFrame
 
 # With the tiny SAM of seed 1 and 4 x 4 points, the one 1024 px tile of
 # cmu-1-small-region.svs at 2 µm/px keeps one instance on both paths.
@@ -24,9 +21,6 @@ TINY_ARGS = [
     "--quick", "--sam-type", "tiny", "--seed", "1", "--points-per-side", "4",
     "--merge-reference-instances", "200",
 ]
-
-
-ORIGINAL_READ = WorkingFrame.read
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +71,6 @@ def test_quick_run_recall_and_counts(quick_report):
     assert report["paths"]["reference"]["counts"]["tiles_processed"] == 1
     assert report["merge_scaling"]["instances"] == 10_000
     assert report["merge_scaling"]["same_kept"] is True
-
-
-def test_quick_run_restores_wrapped_functions(quick_report):
-    assert ml.proposals.merge_instances is merge_instances
-    assert ml.proposals.trace_mask is ml.tile_masks.trace_mask
-    assert WorkingFrame.read is ORIGINAL_READ
 
 
 def test_docs_section_replaced_in_copy(quick_report):
