@@ -223,10 +223,11 @@ class FastMaskGenerator:
             boxes_xyxy, areas_px = boxes_xyxy[stable], areas_px[stable]
 
         keep = torchvision.ops.nms(boxes_xyxy.float(), predicted_ious, self.box_nms_thresh)
-        too_large = torch.zeros(len(keep), dtype=torch.bool)
+        dropped_too_large = 0
         if max_area_px is not None:
-            too_large = areas_px[keep] > max_area_px
-        keep = keep[~too_large]
+            small_enough = areas_px[keep] <= max_area_px
+            dropped_too_large = int((~small_enough).sum())
+            keep = keep[small_enough]
 
         records = self._upsample_records(
             logits[keep.to(logits.device)],
@@ -238,11 +239,11 @@ class FastMaskGenerator:
         finished = time.perf_counter()
         logger.debug(
             "Fast masks: %d records, %d too large, encoder %.2f s, masks %.2f s",
-            len(records), int(too_large.sum()), encoded - started, finished - encoded,
+            len(records), dropped_too_large, encoded - started, finished - encoded,
         )
         return GeneratedMasks(
             records=records,
-            dropped_too_large=int(too_large.sum()),
+            dropped_too_large=dropped_too_large,
             encoder_seconds=encoded - started,
             mask_generation_seconds=finished - encoded,
         )
