@@ -82,6 +82,7 @@ def test_docs_section_replaced_in_copy(quick_report):
         assert f"| {stage} |" in text
     assert "Recall at IoU 0.8 of the reference's instances by ours: 1.000" in text
     assert report["date_utc"] in text
+    assert "--docs" not in report["command"]
 
 
 def test_recall_of_identical_sets_is_one():
