@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import logging
+import itertools
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,9 @@ Z_975 = float(stats.norm.ppf(0.975))
 BLAND_ALTMAN_Z = 1.96
 # Fisher z needs n > 3 for its standard error 1 / sqrt(n - 3).
 MIN_PATIENTS_FOR_CI = 4
+# Up to this many patients the p-value of Spearman's rho is exact, from all n!
+# orderings; SciPy's t approximation gives p = 0 for a perfect rank order at any n.
+EXACT_SPEARMAN_MAX_N = 8
 # With 2 patients r is always +1 or -1, so a correlation needs at least 3.
 MIN_PATIENTS_FOR_CORRELATION = 3
 # Reports that differ by less than this (in percentage points) count as the same value.
@@ -91,7 +95,8 @@ class AgreementResult:
         pearson_ci95: Two-sided 95 % confidence interval of r by Fisher z, as (low, high).
         pearson_p: Two-sided p-value of r (``scipy.stats.pearsonr``).
         spearman_rho: Spearman rank correlation of the patient means.
-        spearman_p: Two-sided p-value of rho (``scipy.stats.spearmanr``).
+        spearman_p: Two-sided p-value of rho: exact (all orderings) up to
+            ``EXACT_SPEARMAN_MAX_N`` patients, else ``scipy.stats.spearmanr``'s.
         bland_altman_bias_pct: Mean of predicted - reported, in percentage points.
         bland_altman_sd_pct: Sample standard deviation (ddof=1) of the differences.
         bland_altman_loa95_pct: Limits of agreement, bias -/+ 1.96 SD, as (low, high).
@@ -280,8 +285,9 @@ def _correlations(
     n = predicted.size
     if n < MIN_PATIENTS_FOR_CORRELATION:
         notes.append(
-            f"{n} patients: correlations need at least {MIN_PATIENTS_FOR_CORRELATION} "
-            f"patients, so r, rho and their p-values are undefined"
+            f"{n} patient{'s' if n != 1 else ''}: correlations need at least "
+            f"{MIN_PATIENTS_FOR_CORRELATION} patients, so r, rho and their p-values are "
+            "undefined"
         )
         return None, None, None, None, None
 
@@ -296,6 +302,10 @@ def _correlations(
 
     pearson = stats.pearsonr(predicted, reported)
     spearman = stats.spearmanr(predicted, reported)
+    rho = float(spearman.statistic)
+    rho_p = float(spearman.pvalue)
+    if n <= EXACT_SPEARMAN_MAX_N:
+        rho_p = exact_spearman_p(predicted, reported)
     r = float(pearson.statistic)
     if n < MIN_PATIENTS_FOR_CI:
         ci95 = None
@@ -305,7 +315,25 @@ def _correlations(
         )
     else:
         ci95 = pearson_ci95(r, n)
-    return r, ci95, float(pearson.pvalue), float(spearman.statistic), float(spearman.pvalue)
+    return r, ci95, float(pearson.pvalue), rho, rho_p
+
+
+def exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p-value of Spearman's rho over all orderings of ``y`` against ``x``.
+
+    The share of the n! orderings whose |rho| reaches the observed |rho|, ties kept as
+    average ranks. For rho = 1 that is 2 / n!. Cost grows as n!, so use it for small n.
+    """
+    rank_x = stats.rankdata(x)
+    rank_y = stats.rankdata(y)
+    orderings = np.array(list(itertools.permutations(rank_y)))
+    centred_x = rank_x - rank_x.mean()
+    centred = orderings - orderings.mean(axis=1, keepdims=True)
+    rhos = centred @ centred_x / (
+        np.linalg.norm(centred, axis=1) * np.linalg.norm(centred_x)
+    )
+    observed = abs(float(np.corrcoef(rank_x, rank_y)[0, 1]))
+    return float(np.mean(np.abs(rhos) >= observed - 1e-12))
 
 
 def _bland_altman(

@@ -261,6 +261,12 @@ NEPHROWEB_SEGMENTATION = {
     "min_predicted_iou": env_number("NEPHROWEB_SEGMENTATION_MIN_PREDICTED_IOU", 0.7),
     "min_class_probability": env_number("NEPHROWEB_SEGMENTATION_MIN_CLASS_PROBABILITY", 0.5),
 }
+# Without DATABASE_URL the app runs the demo, whose model segments 256 px tiles at
+# 2 µm/px, where a glomerulus covers up to 12% of a tile (ml/demo_model.py). The demo's
+# worker, pages and manage.py commands then all use these settings.
+DEMO_SEGMENTATION = {"points_per_side": 16, "max_area_fraction": 0.2, "min_predicted_iou": 0.5}
+if not env_str("DATABASE_URL"):
+    NEPHROWEB_SEGMENTATION.update(DEMO_SEGMENTATION)
 NEPHROWEB_SEGMENTATION.update(json.loads(env_str("NEPHROWEB_SEGMENTATION_JSON", "{}")))
 NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
 

@@ -21,9 +21,6 @@ setup_args=()
 [ -n "${SLIDE:-}" ] && setup_args+=(--slide "$SLIDE")
 [ -n "${MPP:-}" ] && setup_args+=(--mpp "$MPP")
 [ -n "${NO_MODEL:-}" ] && setup_args+=(--no-model)
-# Segmentation settings that fit the demo model's 256 px tiles at 2 µm/px, where a
-# glomerulus covers up to 12% of a tile (ml/demo_model.py); a deployment sets its own.
-export NEPHROWEB_SEGMENTATION_JSON=${NEPHROWEB_SEGMENTATION_JSON:-'{"points_per_side": 16, "max_area_fraction": 0.2, "min_predicted_iou": 0.5}'}
 $PY manage.py setup_demo "${setup_args[@]}"
 
 $PY -m celery -A nephroweb worker -Q gpu,default --pool solo --concurrency 1 \

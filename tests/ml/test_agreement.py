@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import rankdata
+from scipy.stats import rankdata, spearmanr
 from scipy.stats import t as student_t
 
 from ml.agreement import AgreementError, agreement, pearson_ci95
@@ -282,3 +283,28 @@ def test_cli_missing_file(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "absent.csv" in completed.stderr
     assert "No such file" in completed.stderr
+
+
+@pytest.mark.parametrize(("n", "expected_p"), [(3, 2 / 6), (4, 2 / 24), (5, 2 / 120)])
+def test_spearman_p_of_a_perfect_order_is_exact(n, expected_p) -> None:
+    table = [(f"P{i}", "1", float(i), float(10 * i + 5)) for i in range(n)]
+
+    result = agreement(table)
+
+    assert result.spearman_rho == pytest.approx(1.0)
+    assert result.spearman_p == pytest.approx(expected_p, rel=1e-12)
+
+
+def test_spearman_p_counts_orderings_with_ties() -> None:
+    predicted = [3.0, 1.0, 4.0, 1.5, 5.0, 9.0, 2.0]
+    reported = [2.0, 2.0, 5.0, 1.0, 8.0, 6.0, 3.0]
+    table = [(f"P{i}", "1", p, r) for i, (p, r) in enumerate(zip(predicted, reported))]
+
+    result = agreement(table)
+
+    observed = abs(spearmanr(predicted, reported).statistic)
+    as_extreme = sum(
+        abs(spearmanr(predicted, list(order)).statistic) >= observed - 1e-12
+        for order in itertools.permutations(reported)
+    )
+    assert result.spearman_p == pytest.approx(as_extreme / math.factorial(7), rel=1e-12)

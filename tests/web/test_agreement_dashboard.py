@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import re
@@ -138,7 +139,12 @@ def test_dashboard_statistics_five_patients(client_for, convex):
     assert result.pearson_ci95[1] == pytest.approx(ci_high, rel=1e-12)
     assert result.pearson_p == pytest.approx(t_test_p(r, n), rel=1e-9)
     assert result.spearman_rho == pytest.approx(rho, rel=1e-12)
-    assert result.spearman_p == pytest.approx(t_test_p(rho, n), rel=1e-9)
+    # Five patients: exact p over all 120 orderings of the reported means.
+    as_extreme = sum(
+        abs(np.corrcoef(rank_predicted, order)[0, 1]) >= abs(rho) - 1e-12
+        for order in itertools.permutations(rank_reported)
+    )
+    assert result.spearman_p == pytest.approx(as_extreme / 120, rel=1e-12)
     assert result.bland_altman_bias_pct == pytest.approx(bias, rel=1e-12)
     assert result.bland_altman_sd_pct == pytest.approx(sd, rel=1e-12)
     assert result.bland_altman_loa95_pct[0] == pytest.approx(bias - 1.96 * sd, rel=1e-12)

@@ -3,6 +3,10 @@ annotations, the queued demo model and the synthetic cohort, and nothing twice o
 second start."""
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -127,3 +131,28 @@ def test_cohort_sections_are_reviewed_with_reports_and_kept_out_of_training(demo
     before = Instance.objects.count()
     call_command("setup_demo", stdout=io.StringIO())
     assert (Instance.objects.count(), Slide.objects.count(), PatientReport.objects.count()) == (before, 11, 5)
+
+
+def _segmentation_settings_in_child(environment: dict) -> dict:
+    code = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        "print(json.dumps(settings.NEPHROWEB_SEGMENTATION))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NEPHROWEB_SEGMENTATION_JSON")}
+    env.update(environment, DJANGO_SETTINGS_MODULE="nephroweb.settings")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_demo_commands_use_the_demo_segmentation_settings(tmp_path):
+    demo = _segmentation_settings_in_child({"NEPHROWEB_DATA_DIR": str(tmp_path)})
+    assert demo["points_per_side"] == 16
+    assert demo["max_area_fraction"] == 0.2
+    deployment = _segmentation_settings_in_child(
+        {"NEPHROWEB_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/unused"}
+    )
+    assert deployment["points_per_side"] == 32
+    assert "max_area_fraction" not in deployment
