@@ -1,5 +1,8 @@
 """Permission checks shared by the API views and the page views."""
 
+import functools
+
+from django.core.exceptions import PermissionDenied
 from rest_framework.permissions import BasePermission
 
 # Plain words for each permission, used in the message that rejects a request.
@@ -23,12 +26,41 @@ PERMISSION_WORDS = {
     "analysis.view_modelevaluation": "view model evaluations",
     "analysis.evaluate_models": "evaluate model versions",
     "analysis.view_slidereadout": "view read-outs",
+    "analysis.enter_reports": "enter pathology report values",
 }
 
 
+def roles_with(perms) -> list[str]:
+    """Return the roles that hold every one of ``perms``, in ROLE_PERMISSIONS order."""
+    from .roles import ROLE_PERMISSIONS
+
+    return [role for role, granted in ROLE_PERMISSIONS.items() if set(perms) <= set(granted)]
+
+
 def refusal_message(perms) -> str:
+    """Say which right a request needs and which roles have it."""
     needed = ", ".join(PERMISSION_WORDS.get(p, p) for p in perms)
-    return f"Your role does not allow this (it needs the right to {needed}). Ask an admin for a role that does."
+    roles = roles_with(perms)
+    holders = f"the {' or '.join(roles)} role" if roles else "superusers only"
+    return (
+        f"Your role does not allow this: it needs the right to {needed}, which {holders} "
+        f"{'has' if roles else 'have'}. Ask an admin to give you that role."
+    )
+
+
+def page_permission_required(*perms: str):
+    """Decorate a page view: a signed-in user without ``perms`` gets the 403 page saying why."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def checked(request, *args, **kwargs):
+            if not request.user.has_perms(perms):
+                raise PermissionDenied(refusal_message(perms))
+            return view(request, *args, **kwargs)
+
+        return checked
+
+    return decorator
 
 
 def has_perm(*perms: str) -> type[BasePermission]:

@@ -11,12 +11,14 @@ import logging
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
+
+from apps.accounts.permissions import page_permission_required
 
 from . import figures
 from .report_agreement import (
@@ -36,7 +38,7 @@ ENTRY_PERMISSION = "analysis.enter_reports"
 
 
 @login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
+@page_permission_required(VIEW_PERMISSION)
 @require_GET
 def dashboard(request):
     context = {
@@ -64,21 +66,21 @@ def dashboard(request):
 
 
 @login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
+@page_permission_required(VIEW_PERMISSION)
 @require_GET
 def scatter_png(request):
     return _figure_response(request, figures.scatter_png, "agreement-scatter")
 
 
 @login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
+@page_permission_required(VIEW_PERMISSION)
 @require_GET
 def bland_altman_png(request):
     return _figure_response(request, figures.bland_altman_png, "bland-altman")
 
 
 @login_required
-@permission_required(ENTRY_PERMISSION, raise_exception=True)
+@page_permission_required(ENTRY_PERMISSION)
 @require_POST
 def patient_report_entry(request):
     """Set or clear (empty value) one patient's report IFTA %, then return to the dashboard."""
@@ -101,7 +103,7 @@ def patient_report_entry(request):
 
 
 @login_required
-@permission_required(ENTRY_PERMISSION, raise_exception=True)
+@page_permission_required(ENTRY_PERMISSION)
 @require_POST
 def report_import(request):
     """Import a report CSV upload (all rows or none), then return to the dashboard."""

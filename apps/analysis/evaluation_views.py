@@ -3,11 +3,12 @@
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.accounts.permissions import page_permission_required
 from apps.training.models import ModelVersion
 from ml.errors import NephrowebError
 
@@ -18,7 +19,7 @@ ACTIVE_STATES = (ModelEvaluation.Status.QUEUED, ModelEvaluation.Status.RUNNING)
 
 
 @login_required
-@permission_required("analysis.view_modelevaluation", raise_exception=True)
+@page_permission_required("analysis.view_modelevaluation")
 def model_comparison(request):
     versions = list(
         ModelVersion.objects.filter(status=ModelVersion.Status.SUCCEEDED).order_by("id")
@@ -44,7 +45,7 @@ def model_comparison(request):
 
 
 @login_required
-@permission_required("analysis.evaluate_models", raise_exception=True)
+@page_permission_required("analysis.evaluate_models")
 @require_POST
 def evaluate_model(request, version_id):
     """Queue an evaluation of one version and go back to the page, which shows its state."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from apps.slides.models import Slide
 from apps.training.models import ModelVersion
-from apps.training.snapshots import patient_key
 from ml.agreement import AgreementResult, agreement
 
 from .models import SlideReadout
@@ -58,7 +57,8 @@ class PatientRow:
     """One patient of the dashboard table.
 
     Attributes:
-        key: Identity of the patient within the filter: cohort and ``patient_key``.
+        key: The patient as ``ml.agreement`` names it in notes: the id (or "slide <id>"),
+            with the cohort when there is one. Unique within the filter.
         cohort: The patient's cohort.
         patient_id: The patient id, empty for a slide without one (it is its own patient).
         label: The patient as shown: the id, or "slide <id>".
@@ -170,7 +170,7 @@ def report_agreement(choice: SourceChoice, cohort: str = "") -> ReportAgreement:
     slides_by_patient: dict[str, list[Slide]] = {}
     used_by_patient: dict[str, list[tuple[int, str]]] = {}
     for slide in slides:
-        key = f"{slide.cohort}|{patient_key(slide)}"
+        key = _patient_name(slide)
         slides_by_patient.setdefault(key, []).append(slide)
         reported_pct = reported_ifta_pct(slide, patient_reports)
         predicted_pct, reason = _predicted_pct(slide, choice)
@@ -206,6 +206,12 @@ def report_agreement(choice: SourceChoice, cohort: str = "") -> ReportAgreement:
         choice.value, cohort or "all cohorts", result.n_patients, len(left_out),
     )
     return ReportAgreement(choice, cohort, result, tuple(patients), tuple(left_out))
+
+
+def _patient_name(slide: Slide) -> str:
+    """Name a slide's patient for users, unique across cohorts: "demo-3 (cohort c1)"."""
+    name = slide.patient_id or f"slide {slide.pk}"
+    return f"{name} (cohort {slide.cohort})" if slide.cohort else name
 
 
 def _predicted_pct(slide: Slide, choice: SourceChoice) -> tuple[float | None, str | None]:

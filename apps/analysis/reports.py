@@ -298,6 +298,7 @@ def _match_rows(
     patient_updates: dict[tuple[str, str], float] = {}
     unmatched = []
     errors = []
+    first_line_of: dict[tuple, int] = {}
     for row in rows:
         where = f"{file_name} line {row.line}"
         candidates = [
@@ -321,10 +322,17 @@ def _match_rows(
                 f"{where}, column section: {label} matches {len(candidates)} slides ({names}). "
                 f"Give each section its own number."
             )
-        elif row.section is not None:
-            slide_updates.append((candidates[0], row.value))
+        elif (target := _report_target(row, candidates, cohorts)) in first_line_of:
+            errors.append(
+                f"{where}: {label} has a report on line {first_line_of[target]} already. "
+                "Keep one row per section or patient."
+            )
         else:
-            patient_updates[(cohorts[0], row.patient_id)] = row.value
+            first_line_of[target] = row.line
+            if row.section is not None:
+                slide_updates.append((candidates[0], row.value))
+            else:
+                patient_updates[(cohorts[0], row.patient_id)] = row.value
     if unmatched:
         errors.append(
             f"{file_name}: {len(unmatched)} rows match no slide (columns patient, section, "
@@ -334,6 +342,13 @@ def _match_rows(
     if errors:
         raise ReportError("\n".join(errors))
     return slide_updates, patient_updates
+
+
+def _report_target(row: _ReportRow, candidates: list[Slide], cohorts: list[str]) -> tuple:
+    """Return what a row sets: one slide's report, or one patient's."""
+    if row.section is not None:
+        return ("slide", candidates[0].pk)
+    return ("patient", cohorts[0], row.patient_id)
 
 
 def _row_label(row: _ReportRow) -> str:

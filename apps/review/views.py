@@ -2,17 +2,18 @@
 
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
+from apps.accounts.permissions import page_permission_required
 from apps.slides.models import Slide
 
 from . import services
 
 
 @login_required
-@permission_required("review.assign_reviewers", raise_exception=True)
+@page_permission_required("review.assign_reviewers")
 @require_POST
 def assign_slide(request):
     slide = get_object_or_404(Slide, pk=request.POST.get("slide"))

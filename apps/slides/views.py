@@ -1,15 +1,17 @@
 """Pages: the slide list and the slide viewer. Data comes from the API in the browser."""
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, render
+
+from apps.accounts.permissions import page_permission_required
 
 from .models import Slide
 
 
 @login_required
-@permission_required("slides.view_slide", raise_exception=True)
+@page_permission_required("slides.view_slide")
 def slide_list(request):
     slides = Slide.objects.annotate(
         objects_total=Count("instances", distinct=True),
@@ -29,7 +31,7 @@ def slide_list(request):
 
 
 @login_required
-@permission_required("slides.view_slide", raise_exception=True)
+@page_permission_required("slides.view_slide")
 def slide_detail(request, slide_id):
     slide = get_object_or_404(Slide, pk=slide_id)
     return render(request, "slides/slide_detail.html", {

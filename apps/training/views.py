@@ -1,16 +1,17 @@
 """The training page. Snapshots and model versions come from the API in the browser."""
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
+from apps.accounts.permissions import page_permission_required
 from ml.training_config import TrainingConfig
 
 from .services import DEFAULT_CROP_PX
 
 
 @login_required
-@permission_required("training.train_models", raise_exception=True)
+@page_permission_required("training.train_models")
 def training_page(request):
     return render(request, "training/training.html", {
         "defaults": {

@@ -12,7 +12,7 @@ export const SHORTCUTS = [
   { command: "reject", keys: ["x"], label: "Reject", help: "Reject the current object", needs: "review", button: true },
   {
     command: "relabel",
-    keys: ["1", "2", "3", "4", "5", "6", "7", "8"],
+    keys: ["1", "2", "3", "4", "5", "6", "7", "8", "9"],
     label: "Class",
     help: "Relabel the current object with the class of that key (in draw and SAM modes: choose the class to draw)",
     needs: "relabel",
@@ -88,7 +88,7 @@ export function renderShortcutHelp(dialog, allowed) {
     const row = document.createElement("tr");
     if (shortcut.needs && !allowed[shortcut.needs]) row.classList.add("not-allowed");
     const keys = document.createElement("td");
-    const keyLabels = shortcut.command === "relabel" ? ["1", "…", "8"] : shortcut.keys.map((k) => KEY_LABELS[k] || k);
+    const keyLabels = shortcut.command === "relabel" ? ["1", "…", "9"] : shortcut.keys.map((k) => KEY_LABELS[k] || k);
     for (const label of keyLabels) {
       const kbd = document.createElement("kbd");
       kbd.textContent = label;

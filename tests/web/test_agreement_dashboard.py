@@ -397,6 +397,10 @@ def test_import_reports_command_exit_2(tmp_path, report_slides):
     ("patient,section,report_ifta_pct\n,1,12\n", "line 2, column patient: the cell is empty"),
     ("patient,section,report_ifta_pct\nP1,first,12\n",
      "line 2, column section: 'first' is not a non-negative whole number"),
+    ("patient,section,report_ifta_pct\nP1,,10\nP1,1,12\nP1,,11\n",
+     "line 4: patient 'P1' has a report on line 2 already"),
+    ("patient,section,report_ifta_pct\nP1,1,10\nP1,1,12\n",
+     "line 3: patient 'P1' section 1 has a report on line 2 already"),
 ])
 def test_import_reports_error_writes_nothing(tmp_path, report_slides, text, message):
     path = write_csv(tmp_path, text)
@@ -458,3 +462,14 @@ def test_report_upload_error_shown(client_for, report_slides):
 
 def test_dashboard_nav_link(client_for):
     assert 'href="/dashboard/"' in client_for("pathologist").get(reverse("slide-list")).content.decode()
+
+
+def test_warnings_name_the_patient_as_users_know_it(client_for, convex):
+    make_section("P1", 1, 100, report_ifta_pct=10.0)
+    make_section("P1", 2, 200, report_ifta_pct=20.0)
+
+    response = client_for("pathologist").get(reverse("dashboard"), {"cohort": COHORT})
+
+    warnings = " ".join(response.context["result"].warnings)
+    assert "patient P1 (cohort C1): sections report different IFTA values" in warnings
+    assert "|" not in warnings

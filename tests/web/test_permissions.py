@@ -141,3 +141,15 @@ def test_annotator_sees_no_admin_site(client_for):
     client = client_for("annotator")
     response = client.get("/admin/auth/user/")
     assert response.status_code == 302
+
+
+def test_refused_page_names_the_roles_that_may(client, make_user):
+    client.force_login(make_user("annotator", username="anna"))
+
+    response = client.get("/dashboard/")
+
+    assert response.status_code == 403
+    assert (
+        "it needs the right to view model evaluations, which the pathologist or admin role has"
+        in response.content.decode()
+    )
