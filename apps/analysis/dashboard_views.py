@@ -23,6 +23,7 @@ from apps.accounts.permissions import page_permission_required
 from . import figures
 from .report_agreement import (
     FilterError,
+    parse_cohort,
     ReportAgreement,
     cohort_choices,
     parse_source,
@@ -126,8 +127,7 @@ def report_import(request):
 
 def _agreement_from_query(request) -> ReportAgreement:
     choice = parse_source(request.GET.get("source"))
-    cohort = request.GET.get("cohort", "").strip()
-    return report_agreement(choice, cohort)
+    return report_agreement(choice, parse_cohort(request.GET.get("cohort")))
 
 
 def _filter_query(summary: ReportAgreement) -> str:

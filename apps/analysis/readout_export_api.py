@@ -3,12 +3,14 @@
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import slugify
+from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 
 from .readout_exports import readouts_csv
+from .report_agreement import FilterError, parse_cohort
 
 EXPORT_PERMISSIONS = ("slides.view_slide", "annotations.export_instances")
 
@@ -29,16 +31,21 @@ class SlideReadoutsCSVView(APIView):
 
 
 class CohortReadoutsCSVView(APIView):
-    """GET ``?cohort=NAME``: the slides of one cohort; without the parameter, every slide."""
+    """GET ``?cohort=NAME``: the slides of one cohort; blank or absent, every slide.
+
+    The same rule as the dashboard's cohort filter, so its links export what it shows.
+    """
 
     permission_classes = [has_perm(*EXPORT_PERMISSIONS)]
 
     def get(self, request):
+        try:
+            cohort = parse_cohort(request.query_params.get("cohort"))
+        except FilterError as error:
+            return Response({"cohort": [str(error)]}, status=400)
         slides = Slide.objects.order_by("cohort", "patient_id", "section", "id")
-        cohort = request.query_params.get("cohort")
-        if cohort is not None:
-            slides = slides.filter(cohort=cohort.strip())
-            file_name = f"readouts-{slugify(cohort) or 'no-cohort'}.csv"
-        else:
-            file_name = "readouts-all-cohorts.csv"
+        file_name = "readouts-all-cohorts.csv"
+        if cohort:
+            slides = slides.filter(cohort=cohort)
+            file_name = f"readouts-{slugify(cohort)}.csv"
         return _csv_response(readouts_csv(slides), file_name)

@@ -154,6 +154,19 @@ def cohort_choices() -> list[str]:
     return list(cohorts.distinct())
 
 
+def parse_cohort(value: str | None) -> str:
+    """Return the cohort filter: blank for all cohorts, else a cohort some slide is in.
+
+    Raises:
+        FilterError: no slide is in the named cohort.
+    """
+    cohort = (value or "").strip()
+    if cohort and not Slide.objects.filter(cohort=cohort).exists():
+        known = ", ".join(repr(name) for name in cohort_choices()) or "none yet"
+        raise FilterError(f"cohort: no slide is in cohort {cohort!r}. Known cohorts: {known}.")
+    return cohort
+
+
 def report_agreement(choice: SourceChoice, cohort: str = "") -> ReportAgreement:
     """Compare predicted with reported IFTA % per patient over the slides of ``cohort``.
 

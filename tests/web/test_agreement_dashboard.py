@@ -473,3 +473,12 @@ def test_warnings_name_the_patient_as_users_know_it(client_for, convex):
     warnings = " ".join(response.context["result"].warnings)
     assert "patient P1 (cohort C1): sections report different IFTA values" in warnings
     assert "|" not in warnings
+
+
+def test_unknown_cohort_is_named(client_for, convex):
+    make_cohort({"P1": FIVE_PATIENTS["P1"]})
+
+    response = client_for("pathologist").get(reverse("dashboard"), {"cohort": "nosuch"})
+
+    assert response.status_code == 400
+    assert "cohort: no slide is in cohort &#x27;nosuch&#x27;. Known cohorts: &#x27;C1&#x27;." in response.content.decode()

@@ -215,3 +215,14 @@ def test_export_annotator_403(client_for, slide):
     response = client_for("annotator").get(reverse("api-export-readouts-csv"))
 
     assert response.status_code == 403
+
+
+def test_unknown_or_blank_cohort(client_for, slide):
+    client = client_for("pathologist")
+
+    unknown = client.get(reverse("api-export-readouts-csv"), {"cohort": "nosuch"})
+    blank = client.get(reverse("api-export-readouts-csv"), {"cohort": ""})
+
+    assert unknown.status_code == 400
+    assert unknown.json() == {"cohort": ["cohort: no slide is in cohort 'nosuch'. Known cohorts: 'C1'."]}
+    assert blank["Content-Disposition"] == 'attachment; filename="readouts-all-cohorts.csv"'
