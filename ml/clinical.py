@@ -423,6 +423,7 @@ def _cluster_hull(
     members: list[BaseGeometry], settings: IftaSettings, distance_px: float
 ) -> BaseGeometry:
     cluster = shapely.union_all(members)
+    # Limitation: the hull covers whatever lies between the tubules, glomeruli included.
     if settings.hull == "convex":
         return cluster.convex_hull
     outline_points = MultiPoint(

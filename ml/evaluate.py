@@ -147,7 +147,11 @@ def _file_kind(path: Path) -> str:
         ) from exc
     try:
         document = json.loads(content.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if path.suffix.lower() in (".json", ".geojson"):
+            from ml.evaluation import EvaluationError
+
+            raise EvaluationError(f"Input file {path} is not valid JSON: {exc}.") from exc
         # Not JSON: an XML annotation file, or a broken file that the reader reports.
         return "annotations"
     if isinstance(document, dict) and "images" in document and "annotations" in document:

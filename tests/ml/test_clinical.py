@@ -296,3 +296,16 @@ def test_banff_ci_ct_proxy() -> None:
     assert grades.ct == 2
     assert grades.ifta_pct == 30.0
     assert "approximation" in grades.limitation
+
+
+def test_hull_counts_a_glomerulus_between_the_tubules_as_ifta() -> None:
+    # Four 20 px atrophic tubules at the corners of a 100 px square; the 40 px glomerulus
+    # in its middle is not atrophic, but the hull covers it all the same.
+    tubules = [box(x, y, x + 20, y + 20) for x in (0, 80) for y in (0, 80)]
+    glomerulus = box(30, 30, 70, 70)
+    cortex = box(-1000, -1000, 1000, 1000)
+
+    result = ifta(tubules, cortex, mpp=1.0, cluster_distance_um=60, hull="convex")
+
+    assert result.ifta_area_um2 == pytest.approx(100 * 100)
+    assert result.regions_level0.contains(glomerulus)

@@ -644,7 +644,7 @@ def test_cli_unreadable_input(tmp_path: Path) -> None:
     assert missing.returncode == 1
     assert "missing.json" in missing.stderr
     assert truncated.returncode == 1
-    assert "broken.json" in truncated.stderr
+    assert f"{broken} is not valid JSON: Expecting value: line 1 column 32" in truncated.stderr
 
 
 def test_cli_usage_errors(hubmap: Path, tmp_path: Path) -> None:
