@@ -96,6 +96,7 @@ def _column(version, latest) -> dict:
         "leakage_warning": "",
         "classes": {},
         "mean": None,
+        "untrained_classes": _untrained_classes(version),
     }
     if evaluation is not None:
         column["stale"] = evaluations.is_stale(evaluation)
@@ -103,6 +104,15 @@ def _column(version, latest) -> dict:
         column["classes"] = {row["class_name"]: row for row in evaluation.metrics["classes"]}
         column["mean"] = evaluation.metrics["mean"]
     return column
+
+
+def _untrained_classes(version) -> list[str]:
+    """Return the version's classes (background aside) its snapshot held no example of."""
+    counts = version.snapshot.class_counts
+    return [
+        name for name in version.class_names
+        if name != evaluations.BACKGROUND_CLASS and not counts.get(name)
+    ]
 
 
 def _cells(metrics: dict | None, truth_text: str) -> list[str]:

@@ -330,6 +330,9 @@ def test_api_explains_nothing_to_evaluate(version, client_for):
 
 def test_page_shows_formatted_numbers(scene, version, client_for):
     evaluations.run_evaluation(version)
+    TrainingSnapshot.objects.filter(pk=version.snapshot_id).update(
+        class_counts={"glomerulus": 5, "vessel": 2, "proximal tubule": 0, "background": 3}
+    )
     other = make_version("model-b")
     page = client_for("pathologist").get("/models/")
     assert page.status_code == 200
@@ -346,6 +349,7 @@ def test_page_shows_formatted_numbers(scene, version, client_for):
     assert '<th scope="row">proximal tubule</th><td class="version-start">n/a</td>' in html
     assert "Dice/F1 @ IoU 0.5" in html
     assert "1 of 3 scored annotations were training data for this version" in html
+    assert "Trained without a single example of: proximal tubule. Expect no skill" in html
     assert "Evaluate</button>" not in html
     assert [column["version"].pk for column in page.context["columns"]] == [version.pk]
     assert f'value="{other.pk}" id="choose-{other.pk}">' in html
