@@ -207,8 +207,9 @@ def _read_text(path_or_file) -> tuple[str, str]:
 def _check_size(file_name: str, size: int) -> None:
     if size > MAX_REPORT_CSV_BYTES:
         raise ReportError(
-            f"{file_name}: {size / 2**20:.1f} MB exceeds the limit of "
-            f"{MAX_REPORT_CSV_BYTES // 2**20} MB for report files. Split the file."
+            f"{file_name}: {size:,} bytes exceed the limit of "
+            f"{MAX_REPORT_CSV_BYTES // 2**20} MB ({MAX_REPORT_CSV_BYTES:,} bytes) for report "
+            "files. Split the file."
         )
 
 
@@ -225,6 +226,7 @@ def _parse_rows(file_name: str, text: str) -> list[_ReportRow]:
             f"{file_name} line 1: missing the columns {', '.join(missing)}. Found: "
             f"{', '.join(header) or 'no header'}. The first line must name the columns "
             f"patient and report_ifta_pct, and may name section and cohort."
+            + (" Separate the columns with commas, not semicolons." if ";" in "".join(header) else "")
         )
 
     rows = []

@@ -394,6 +394,8 @@ def test_import_reports_command_exit_2(tmp_path, report_slides):
      "2 rows match no slide (columns patient, section, cohort): line 3: patient 'P7' section 1; "
      "line 4: patient 'P1' section 9"),
     ("patient,section,ifta\nP1,1,12\n", "line 1: missing the columns report_ifta_pct"),
+    ("patient;section;report_ifta_pct\nP1;1;12\n",
+     "Separate the columns with commas, not semicolons."),
     ("patient,section,report_ifta_pct\n,1,12\n", "line 2, column patient: the cell is empty"),
     ("patient,section,report_ifta_pct\nP1,first,12\n",
      "line 2, column section: 'first' is not a non-negative whole number"),
@@ -445,7 +447,10 @@ def test_report_upload_size_limit(client_for, report_slides):
     )
 
     html = response.content.decode()
-    assert "Nothing imported. big.csv: 1.0 MB exceeds the limit of 1 MB for report files" in html
+    assert (
+        f"Nothing imported. big.csv: {len(body):,} bytes exceed the limit of 1 MB (1,048,576 "
+        "bytes) for report files" in html
+    )
     assert Slide.objects.get(name="p1s1").report_ifta_pct is None
 
 
