@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -181,19 +182,34 @@ def propose(
     )
 
     candidates: list[Instance] = []
-    for tiles_done, tile in enumerate(tiles, start=1):
-        if tile_tissue_fraction(tile, frame, tissue) < settings.min_tile_tissue_fraction:
-            counts["tiles_skipped_no_tissue"] += 1
-            logger.debug("Tile %d skipped: too little tissue", tile.index)
-        else:
-            counts["tiles_processed"] += 1
-            candidates.extend(
-                _propose_tile(
-                    slide, frame, tile, generator, settings, tissue, counts, stage_seconds
+    with_tissue = [
+        tile for tile in tiles
+        if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
+    ]
+    # One reader thread reads the next tile while SAM works on the current one, so the
+    # "read" stage counts only the time spent waiting for pixels.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
+        upcoming = iter(with_tissue)
+        next_read = _start_read(reader, slide, frame, next(upcoming, None))
+        processed = {tile.index for tile in with_tissue}
+        for tiles_done, tile in enumerate(tiles, start=1):
+            if tile.index not in processed:
+                counts["tiles_skipped_no_tissue"] += 1
+                logger.debug("Tile %d skipped: too little tissue", tile.index)
+            else:
+                counts["tiles_processed"] += 1
+                wait_started = time.perf_counter()
+                rgb = next_read.result()
+                stage_seconds["read"] += time.perf_counter() - wait_started
+                next_read = _start_read(reader, slide, frame, next(upcoming, None))
+                candidates.extend(
+                    _propose_tile(
+                        slide, frame, tile, rgb, generator, settings, tissue, counts,
+                        stage_seconds,
+                    )
                 )
-            )
-        if progress is not None:
-            progress(tiles_done, len(tiles))
+            if progress is not None:
+                progress(tiles_done, len(tiles))
 
     merge_started = time.perf_counter()
     merged = merge_instances(candidates)
@@ -216,20 +232,25 @@ def propose(
     )
 
 
+def _start_read(reader: ThreadPoolExecutor, slide: Slide, frame: WorkingFrame, tile: Tile | None):
+    """Start reading ``tile``'s pixels in the reader thread; None when there is no tile."""
+    if tile is None:
+        return None
+    return reader.submit(frame.read, slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
+
+
 def _propose_tile(
     slide: Slide,
     frame: WorkingFrame,
     tile: Tile,
+    rgb: np.ndarray,
     generator: MaskGenerator,
     settings: ProposalSettings,
     tissue: TissueMask,
     counts: dict[str, int],
     stage_seconds: dict[str, float],
 ) -> list[Instance]:
-    """Run SAM on one tile and return its filtered instances, updating the counters."""
-    read_started = time.perf_counter()
-    rgb = frame.read(slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
-    stage_seconds["read"] += time.perf_counter() - read_started
+    """Run SAM on one tile's pixels and return its filtered instances, updating the counters."""
     # The generator's early size filter measures the whole tile, but the filter below
     # measures the part on the image, so a tile that overhangs the image edge skips it.
     image_w_px, image_h_px = image_size_in_tile(tile, frame)

@@ -6,6 +6,7 @@ counts, merge, determinism), never segmentation quality.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from ml.proposals import (
     propose,
 )
 from ml.sam import LoadedSam, load_sam
-from ml.slide import Slide, open_slide
+from ml.slide import Slide, WorkingFrame, open_slide
 from ml.tiling import tile_grid
 from ml.tissue import TissueMask, detect_tissue
 from tests.sam_factory import save_tiny_checkpoint
@@ -211,3 +212,21 @@ def test_area_limit_needing_overlap_beyond_tile_rejected():
     with pytest.raises(SettingsError, match="max_area_fraction 0.8 needs a tile overlap of 1040"):
         ProposalSettings(max_area_fraction=0.8)
     assert ProposalSettings(max_area_fraction=0.8, overlap_px=240).resolved_overlap_px == 240
+
+
+def test_tiles_are_read_ahead_in_a_reader_thread(
+    first_run: Run, slide: Slide, tiny_sam: LoadedSam, tissue: TissueMask, monkeypatch
+) -> None:
+    reads: list[tuple[str, int, int]] = []
+    original_read = WorkingFrame.read
+
+    def recording_read(frame, slide_, x_px, y_px, w_px, h_px):
+        reads.append((threading.current_thread().name, x_px, y_px))
+        return original_read(frame, slide_, x_px, y_px, w_px, h_px)
+
+    monkeypatch.setattr(WorkingFrame, "read", recording_read)
+    run = run_proposals(slide, tiny_sam, tissue, TINY_SETTINGS)
+
+    assert len(reads) == run.result.tiles_processed == first_run.result.tiles_processed
+    assert all(name.startswith("tile-read") for name, _, _ in reads)
+    assert run.result.instances == first_run.result.instances
