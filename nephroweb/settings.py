@@ -270,8 +270,8 @@ if not env_str("DATABASE_URL"):
 NEPHROWEB_SEGMENTATION.update(json.loads(env_str("NEPHROWEB_SEGMENTATION_JSON", "{}")))
 NEPHROWEB_TORCH_THREADS = env_number("NEPHROWEB_TORCH_THREADS", 0, int)
 
-# IFTA read-out (ml.clinical.ifta): atrophic tubules whose outlines are at most
-# cluster_distance_um apart form a cluster; a cluster of at least min_tubules tubules gets
+# IFTA read-out (ml.clinical.ifta). Atrophic tubules whose outlines are at most
+# cluster_distance_um apart form a cluster. A cluster of at least min_tubules tubules gets
 # a concave hull (shapely.concave_hull with concave_ratio) or a convex one.
 NEPHROWEB_IFTA = {
     "cluster_distance_um": env_number("NEPHROWEB_IFTA_CLUSTER_DISTANCE_UM", 50.0),

@@ -4,8 +4,8 @@ Five patients, two sections each, drawn by ``ml.sample_slide`` with a scarred di
 increasing size (atrophic tubules, fibrotic interstitium, sclerotic glomeruli). Every
 object is imported as a reviewed annotation, the tissue of each section is marked as an
 evaluation region, and each patient gets a pathology report value. The report values are
-made up, in 5 % steps as reports give them; they let the dashboard show its statistics
-offline and say nothing about any real model or patient.
+made up, in 5 % steps as reports give them. They let the dashboard show its statistics
+offline and carry no information about any real model or patient.
 """
 
 from __future__ import annotations

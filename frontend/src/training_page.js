@@ -428,7 +428,7 @@ class VersionList {
     drawCurves(detail.querySelector("#accuracy-chart"), {
       title: "Validation class accuracy and mask mAP",
       series: ACCURACY_SERIES, rows: version.metrics, epochs, bestEpoch: version.best_epoch, yRange: [0, 1],
-      // Epochs without validation values mean the snapshot holds no validation patients.
+      // Epochs without validation values mean the snapshot contains no validation patients.
       emptyText: version.metrics.length > 0 ? "No validation set: the snapshot has no validation patients" : "No finished epoch yet",
     });
   }

@@ -298,9 +298,9 @@ def test_banff_ci_ct_proxy() -> None:
     assert "approximation" in grades.limitation
 
 
-def test_hull_counts_a_glomerulus_between_the_tubules_as_ifta() -> None:
-    # Four 20 px atrophic tubules at the corners of a 100 px square; the 40 px glomerulus
-    # in its middle is not atrophic, but the hull covers it all the same.
+def test_hull_covers_glomerulus_between_tubules() -> None:
+    # Four 20 px atrophic tubules sit at the corners of a 100 px square. The 40 px
+    # glomerulus in its middle is not atrophic, but the hull covers it.
     tubules = [box(x, y, x + 20, y + 20) for x in (0, 80) for y in (0, 80)]
     glomerulus = box(30, 30, 70, 70)
     cortex = box(-1000, -1000, 1000, 1000)

@@ -100,7 +100,7 @@ def test_no_model_option_and_given_slide_queue_nothing(demo_dirs, shared_data):
     assert not Instance.objects.exists()
 
 
-def test_cohort_sections_are_reviewed_with_reports_and_kept_out_of_training(demo_dirs):
+def test_cohort_reviewed_reported_untrained(demo_dirs):
     out = io.StringIO()
     call_command("setup_demo", stdout=out)
 
