@@ -70,6 +70,18 @@ def create_slide_record(name="synthetic", width_px=4000, height_px=3000, mpp=0.5
     )
 
 
+def create_instance_record(slide, geometry_level0, class_name, state="accepted", source="drawn"):
+    """Create an Instance row from a level-0 shapely polygon, accepted and drawn unless given."""
+    from apps.annotations.geometry import instance_row
+
+    row = instance_row(
+        geometry_level0, slide=slide, mpp=slide.mpp, source=source, review_state=state,
+        class_name=class_name,
+    )
+    row.save()
+    return row
+
+
 # Two tiles per class, the first by file name in each KI PAS folder of scale index 1.
 KI_MOSAIC_CLASS_MAP = {"pt": "proximal tubule", "dt": "distal tubule", "vessel": "vessel"}
 KI_MOSAIC_TILES_PER_CLASS = 2

@@ -26,6 +26,16 @@ def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("checkpoints") / "tiny_sam.pth")
 
 
+# IFTA settings with the convex hull, whose areas tests can compute by hand.
+CONVEX_IFTA = {"cluster_distance_um": 50.0, "min_tubules": 3, "hull": "convex", "concave_ratio": 0.3}
+
+
+@pytest.fixture
+def convex(settings):
+    settings.NEPHROWEB_IFTA = dict(CONVEX_IFTA)
+    return settings
+
+
 @pytest.fixture
 def fast_proposals(settings, tiny_checkpoint):
     settings.NEPHROWEB_PROPOSALS = dict(FAST_PROPOSALS)

@@ -29,9 +29,8 @@ from shapely.geometry import box
 
 from apps.analysis.models import PatientReport
 from apps.analysis.reports import MAX_REPORT_CSV_BYTES, ReportError, import_reports
-from apps.annotations.geometry import instance_row
-from apps.annotations.models import Instance
 from apps.slides.models import Slide
+from tests.conftest import create_instance_record as add_instance
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -51,21 +50,6 @@ FIVE_PATIENTS = {
 
 def section_ifta_pct(width_px: int) -> float:
     return 3 * width_px * 400 / CORTEX_AREA_PX2 * 100
-
-
-@pytest.fixture
-def convex(settings):
-    settings.NEPHROWEB_IFTA = {
-        "cluster_distance_um": 50.0, "min_tubules": 3, "hull": "convex", "concave_ratio": 0.3,
-    }
-    return settings
-
-
-def add_instance(slide, geometry, class_name, state=Instance.ReviewState.ACCEPTED):
-    row = instance_row(geometry, slide=slide, mpp=slide.mpp, source=Instance.Source.DRAWN,
-                       review_state=state, class_name=class_name)
-    row.save()
-    return row
 
 
 def make_section(patient_id, section, width_px, cohort=COHORT, report_ifta_pct=None):

@@ -22,9 +22,9 @@ from shapely.geometry import box
 from apps.analysis import evaluations
 from apps.analysis.models import ModelEvaluation
 from apps.analysis.predictions import Prediction, write_run_predictions
-from apps.annotations.geometry import instance_row
 from apps.annotations.models import EvaluationRegion, Instance, ProposalRun
 from apps.training.models import ModelVersion, SnapshotInstance, TrainingSnapshot
+from tests.conftest import create_instance_record as add_instance
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -51,15 +51,6 @@ def make_version(name="model-a", status=ModelVersion.Status.SUCCEEDED):
         name=name, status=status, snapshot=snapshot, mpp=1.0, crop_px=1024,
         class_names=VERSION_CLASSES,
     )
-
-
-def add_instance(slide, geometry, class_name, review_state=Instance.ReviewState.ACCEPTED):
-    instance = instance_row(
-        geometry, slide=slide, mpp=slide.mpp, source=Instance.Source.DRAWN,
-        class_name=class_name, review_state=review_state,
-    )
-    instance.save()
-    return instance
 
 
 def add_run(slide, version, predictions):

@@ -22,9 +22,9 @@ from shapely.geometry import box
 
 from apps.analysis.models import PatientReport
 from apps.analysis.predictions import Prediction, write_run_predictions
-from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, ProposalRun
 from apps.training.models import ModelVersion, TrainingSnapshot
+from tests.conftest import create_instance_record as add
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -39,21 +39,6 @@ EXPECTED_HEADER = [
     "banff_ci", "banff_ct", "report_ifta_pct", "reviewed_pct", "computed_at",
 ]
 CLASS_NAMES = ["atrophic tubule", "glomerulus", "sclerotic glomerulus", "background"]
-
-
-@pytest.fixture
-def convex(settings):
-    settings.NEPHROWEB_IFTA = {
-        "cluster_distance_um": 50.0, "min_tubules": 3, "hull": "convex", "concave_ratio": 0.3,
-    }
-    return settings
-
-
-def add(slide, geometry, class_name, state=Instance.ReviewState.ACCEPTED):
-    row = instance_row(geometry, slide=slide, mpp=slide.mpp, source=Instance.Source.DRAWN,
-                       review_state=state, class_name=class_name)
-    row.save()
-    return row
 
 
 @pytest.fixture

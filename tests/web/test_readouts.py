@@ -20,12 +20,13 @@ from shapely.geometry import box, mapping, shape
 from apps.analysis.models import SlideReadout
 from apps.analysis.predictions import Prediction, write_run_predictions
 from apps.analysis.readouts import ReadoutUnavailable, current_readout, slide_readouts
-from apps.annotations.geometry import instance_row
 from apps.annotations.models import Instance, ProposalRun
 from apps.review import services as review
 from apps.training.models import ModelVersion, TrainingSnapshot
 from ml.clinical import BANFF_PROXY_NOTE
+from tests.conftest import create_instance_record as add
 from tests.conftest import create_slide_record
+from tests.web.conftest import CONVEX_IFTA
 
 pytestmark = pytest.mark.django_db
 
@@ -36,26 +37,13 @@ HULL_UM2 = 80 * 20 * PX2_UM2
 TUBULES = [box(100, 100, 120, 120), box(130, 100, 150, 120), box(160, 100, 180, 120)]
 GLOMERULI = [box(500 + 60 * i, 500, 540 + 60 * i, 540) for i in range(3)]
 SCLEROTIC = box(700, 500, 740, 540)
-CONVEX = {"cluster_distance_um": 50.0, "min_tubules": 3, "hull": "convex", "concave_ratio": 0.3}
+CONVEX = CONVEX_IFTA
 ZERO_COUNTS = {
     "proximal tubule": 0, "distal tubule": 0, "atrophic tubule": 0, "glomerulus": 0,
     "sclerotic glomerulus": 0, "vessel": 0, "unspecified tubule": 0,
 }
 CLASS_NAMES = ["proximal tubule", "atrophic tubule", "glomerulus", "sclerotic glomerulus",
                "background"]
-
-
-@pytest.fixture
-def convex(settings):
-    settings.NEPHROWEB_IFTA = dict(CONVEX)
-    return settings
-
-
-def add(slide, geometry, class_name, state=Instance.ReviewState.ACCEPTED, source=Instance.Source.DRAWN):
-    row = instance_row(geometry, slide=slide, mpp=slide.mpp, source=source,
-                       review_state=state, class_name=class_name)
-    row.save()
-    return row
 
 
 @pytest.fixture
