@@ -16,7 +16,7 @@ from apps.slides.models import Slide
 class SlideReadout(models.Model):
     """Counts, densities, IFTA, glomerulosclerosis and Banff ci/ct of one slide from one source.
 
-    ``source`` says whose outlines were measured: the reviewed annotations, one model
+    ``source`` names whose outlines were measured: the reviewed annotations, one model
     version's predictions, or both (reviewed annotations where they exist, the model's
     predictions elsewhere).
     """
