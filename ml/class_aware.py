@@ -34,6 +34,11 @@ from torch import nn
 
 from ml.errors import CheckpointError, NephrowebError, SettingsError
 from ml.sam import SamArchitecture, build_sam, infer_architecture
+from ml.two_way_transformer import (
+    forward_shared_image,
+    prompts_per_chunk,
+    upscale_image_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,28 +184,64 @@ class ClassAwareMaskDecoder(nn.Module):
         output_tokens = output_tokens.unsqueeze(0).expand(num_prompts, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
+        if self._shares_one_image(image_embeddings, dense_prompt_embeddings):
+            return self._decode_shared_image(
+                image_embeddings + dense_prompt_embeddings[:1], image_pe, tokens
+            )
+
         # One image embedding serves every prompt, as in SamPredictor. A batch of N
         # embeddings pairs embedding i with prompt i.
         source = image_embeddings.expand(num_prompts, -1, -1, -1) + dense_prompt_embeddings
         source_pe = image_pe.expand(num_prompts, -1, -1, -1)
-        batch, channels, height, width = source.shape
-
         token_out, image_out = self.transformer(source, source_pe, tokens)
-        iou_token_out = token_out[:, 0, :]
-        class_token_out = token_out[:, 1, :]
-        mask_token_out = token_out[:, 2, :]
+        return self._heads(token_out, image_out, tuple(source.shape[-2:]))
 
+    @staticmethod
+    def _shares_one_image(image_embeddings: torch.Tensor, dense: torch.Tensor) -> bool:
+        """True for inference with one image and no mask input: every prompt sees the same image.
+
+        The prompt encoder expands one no-mask embedding over the batch, so its batch
+        stride is 0; mask inputs give a real batch.
+        """
+        return (
+            not torch.is_grad_enabled()
+            and image_embeddings.shape[0] == 1
+            and (dense.shape[0] == 1 or dense.stride(0) == 0)
+        )
+
+    def _decode_shared_image(
+        self, image_tokens: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
+    ) -> DecoderOutput:
+        """Decode N prompts on one (1, C, G, G) image, a chunk of prompts at a time."""
+        grid_hw = tuple(image_tokens.shape[-2:])
+        up_channels = self.output_hypernetwork_mlp.layers[-1].out_features
+        chunk = prompts_per_chunk(16 * grid_hw[0] * grid_hw[1] * up_channels * 4)
+        outputs = []
+        for start in range(0, tokens.shape[0], chunk):
+            token_out, image_out = forward_shared_image(
+                self.transformer, image_tokens, image_pe, tokens[start : start + chunk]
+            )
+            outputs.append(self._heads(token_out, image_out, grid_hw))
+        return DecoderOutput(
+            mask_logits=torch.cat([output.mask_logits for output in outputs]),
+            iou_pred=torch.cat([output.iou_pred for output in outputs]),
+            class_logits=torch.cat([output.class_logits for output in outputs]),
+        )
+
+    def _heads(
+        self, token_out: torch.Tensor, image_out: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> DecoderOutput:
+        """Turn the transformer's (B, T, C) tokens and (B, G*G, C) image into outputs."""
+        batch = token_out.shape[0]
         # The hypernetwork turns the mask token into weights over the upscaled channels.
-        image_out = image_out.transpose(1, 2).reshape(batch, channels, height, width)
-        upscaled = self.output_upscaling(image_out)
+        upscaled = upscale_image_tokens(self.output_upscaling, image_out, grid_hw)
         _, up_channels, up_height, up_width = upscaled.shape
-        mask_weights = self.output_hypernetwork_mlp(mask_token_out).unsqueeze(1)
+        mask_weights = self.output_hypernetwork_mlp(token_out[:, 2, :]).unsqueeze(1)
         mask_logits = mask_weights @ upscaled.reshape(batch, up_channels, up_height * up_width)
-
         return DecoderOutput(
             mask_logits=mask_logits.reshape(batch, 1, up_height, up_width),
-            iou_pred=self.iou_prediction_head(iou_token_out),
-            class_logits=self.class_prediction_head(class_token_out),
+            iou_pred=self.iou_prediction_head(token_out[:, 0, :]),
+            class_logits=self.class_prediction_head(token_out[:, 1, :]),
         )
 
     def _check_shapes(

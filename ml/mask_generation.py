@@ -50,6 +50,11 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 
 from ml.errors import SettingsError
+from ml.two_way_transformer import (
+    forward_shared_image,
+    prompts_per_chunk,
+    upscale_image_tokens,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,39 +350,51 @@ def decode_multimask(
         (K, 4h, 4w) low-resolution logits and (K,) predicted IoUs of the kept masks, in
         prompt order and mask order within a prompt.
     """
-    # NOTE: the transformer below is most of the cost after the encoder (5.7 s against
-    # 1.1 s for the upscaling, 16 vit_b prompts on one CPU thread). Its first layer's
-    # image-side projections are the same for every prompt but are still computed per prompt.
     decoder = model.mask_decoder
     sparse, dense = model.prompt_encoder(points=(points_xy, labels), boxes=None, masks=None)
-    prompt_count = sparse.shape[0]
-
+    # Without mask inputs the dense embedding is the same for every prompt.
+    image_tokens = features + dense[:1]
+    image_pe = model.prompt_encoder.get_dense_pe()
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    tokens = torch.cat([output_tokens.expand(prompt_count, -1, -1), sparse], dim=1)
-    image_tokens = torch.repeat_interleave(features, prompt_count, dim=0) + dense
-    image_pe = torch.repeat_interleave(model.prompt_encoder.get_dense_pe(), prompt_count, dim=0)
-    token_out, image_out = decoder.transformer(image_tokens, image_pe, tokens)
+    grid_hw = tuple(image_tokens.shape[-2:])
 
-    # Output 0 is the single-mask output; the multimask outputs are 1..3.
-    predicted_ious = decoder.iou_prediction_head(token_out[:, 0, :])[:, 1:]
-    passed = predicted_ious > pred_iou_thresh if pred_iou_thresh > 0.0 else (
-        torch.ones_like(predicted_ious, dtype=torch.bool)
-    )
-    prompts = passed.any(dim=1)
+    # The largest per-prompt tensor is the upscaled (C', 4h, 4w) float32 image.
+    upscaled_bytes = 16 * grid_hw[0] * grid_hw[1] * decoder.transformer_dim // 8 * 4
+    chunk = prompts_per_chunk(upscaled_bytes)
+    logits_parts, iou_parts = [], []
+    for start in range(0, sparse.shape[0], chunk):
+        prompt_tokens = sparse[start : start + chunk]
+        tokens = torch.cat(
+            [output_tokens.expand(prompt_tokens.shape[0], -1, -1), prompt_tokens], dim=1
+        )
+        token_out, image_out = forward_shared_image(
+            decoder.transformer, image_tokens, image_pe, tokens
+        )
 
-    batch, channels, height, width = image_tokens.shape
-    spatial = image_out[prompts].transpose(1, 2).reshape(-1, channels, height, width)
-    upscaled = decoder.output_upscaling(spatial)
-    mask_tokens = token_out[prompts, 2 : 1 + decoder.num_mask_tokens, :]
-    hyper_in = torch.stack(
-        [decoder.output_hypernetworks_mlps[index + 1](mask_tokens[:, index, :])
-         for index in range(mask_tokens.shape[1])],
-        dim=1,
-    )
-    kept_prompts, up_channels, up_height, up_width = upscaled.shape
-    logits = (hyper_in @ upscaled.reshape(kept_prompts, up_channels, up_height * up_width))
-    logits = logits.reshape(kept_prompts, hyper_in.shape[1], up_height, up_width)
-    return logits[passed[prompts]], predicted_ious[passed]
+        # Output 0 is the single-mask output; the multimask outputs are 1..3.
+        predicted_ious = decoder.iou_prediction_head(token_out[:, 0, :])[:, 1:]
+        passed = predicted_ious > pred_iou_thresh if pred_iou_thresh > 0.0 else (
+            torch.ones_like(predicted_ious, dtype=torch.bool)
+        )
+        prompts = passed.any(dim=1)
+        if not bool(prompts.any()):
+            continue
+        upscaled = upscale_image_tokens(decoder.output_upscaling, image_out[prompts], grid_hw)
+        mask_tokens = token_out[prompts, 2 : 1 + decoder.num_mask_tokens, :]
+        hyper_in = torch.stack(
+            [decoder.output_hypernetworks_mlps[index + 1](mask_tokens[:, index, :])
+             for index in range(mask_tokens.shape[1])],
+            dim=1,
+        )
+        kept_prompts, up_channels, up_height, up_width = upscaled.shape
+        logits = hyper_in @ upscaled.reshape(kept_prompts, up_channels, up_height * up_width)
+        logits = logits.reshape(kept_prompts, hyper_in.shape[1], up_height, up_width)
+        logits_parts.append(logits[passed[prompts]])
+        iou_parts.append(predicted_ious[passed])
+    if not logits_parts:
+        empty_hw = (4 * grid_hw[0], 4 * grid_hw[1])
+        return features.new_zeros((0, *empty_hw)), features.new_zeros(0)
+    return torch.cat(logits_parts), torch.cat(iou_parts)
 
 
 def stability_scores(logits: torch.Tensor, mask_threshold: float) -> torch.Tensor:

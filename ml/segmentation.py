@@ -8,6 +8,8 @@ Pipeline of :func:`segment_slide`, each step counted in ``SegmentationResult.cou
 2. Resize each tile to the model input (S x S) and prompt it with a regular grid of
    ``points_per_side``² single foreground points, ``points_per_batch`` prompts per decoder
    call. Each prompt yields one mask, one predicted IoU and one class distribution.
+   With ``skip_prompts_in_kept_masks`` the grid is prompted coarse to fine, and a point
+   inside a mask that passed the filters of step 3 is skipped.
 3. Drop a prediction whose predicted IoU is below ``min_predicted_iou``, whose most
    probable class is ``background_class``, or whose class probability is below
    ``min_class_probability``. Then apply the size filters of the proposals.
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 import torchvision
 from shapely.geometry import Polygon
 
-from ml.class_aware import ClassAwarePrediction, ClassAwareSam
+from ml.class_aware import ClassAwareSam, DecoderOutput
 from ml.errors import SettingsError
 from ml.instances import Instance
 from ml.merge import merge_instances
@@ -86,6 +88,7 @@ COUNT_KEYS = (
     "tiles_processed",
     "tiles_not_reached",
     "masks_generated",
+    "prompts_skipped_in_kept_mask",
     *MASK_OUTCOMES,
     "components_discarded",
 )
@@ -110,6 +113,11 @@ class SegmentationSettings(TiledMaskSettings):
             every class. It must be one of the model's class names.
         duplicate_box_iou: Box IoU above which NMS drops the lower-scored of two masks of
             one tile, 0..1.
+        skip_prompts_in_kept_masks: Prompt the grid coarse to fine and skip a point that
+            lies inside a mask of the same tile that passed the filters. Such a point
+            mostly repeats that mask, which NMS would drop. Off by default: with the demo
+            model it saved 6 % of the prompts and lost 2 to 6 points of recall
+            (docs/benchmarks.md, "Whole slide with a trained model").
     """
 
     SETTINGS_KIND: ClassVar[str] = "Segmentation"
@@ -119,6 +127,7 @@ class SegmentationSettings(TiledMaskSettings):
     min_class_probability: float = 0.5
     background_class: str | None = "background"
     duplicate_box_iou: float = 0.7
+    skip_prompts_in_kept_masks: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +141,11 @@ class SegmentationSettings(TiledMaskSettings):
                 f"None, got {self.background_class!r}."
             )
         self.check_number("duplicate_box_iou", self.duplicate_box_iou, 0.0, 1.0)
+        if not isinstance(self.skip_prompts_in_kept_masks, bool):
+            raise SettingsError(
+                "Segmentation setting skip_prompts_in_kept_masks must be true or false, got "
+                f"{self.skip_prompts_in_kept_masks!r}."
+            )
 
 
 @dataclass(frozen=True)
@@ -351,6 +365,25 @@ def prompt_grid(points_per_side: int, image_size: int) -> np.ndarray:
     return np.column_stack([xs.ravel(), ys.ravel()]).astype(np.float32)
 
 
+def coarse_to_fine_order(points_per_side: int) -> np.ndarray:
+    """Return an order of the row-major prompt grid that covers the tile coarse to fine.
+
+    Grid cells whose row and column are multiples of a stride come first, from the
+    largest power-of-two stride down to 1, row-major within a stride. So the first
+    prompts spread over the whole tile, and later ones fill in between.
+    """
+    rows, columns = np.divmod(np.arange(points_per_side**2), points_per_side)
+    stride = 1 << max(0, (points_per_side - 1).bit_length())
+    rank = np.full(points_per_side**2, -1)
+    level = 0
+    while stride >= 1:
+        on_level = (rank < 0) & (rows % stride == 0) & (columns % stride == 0)
+        rank[on_level] = level
+        level += 1
+        stride //= 2
+    return np.lexsort((np.arange(points_per_side**2), rank))
+
+
 @dataclass(frozen=True)
 class _TileMasks:
     """Masks of one tile that passed the score and size filters, cropped to their boxes.
@@ -387,7 +420,14 @@ def _segment_tile(
     with torch.no_grad():
         embedding = model.embed_images(image)
 
-    points = torch.from_numpy(prompt_grid(settings.points_per_side, size)).to(device)
+    points_xy = prompt_grid(settings.points_per_side, size)
+    if settings.skip_prompts_in_kept_masks:
+        points_xy = points_xy[coarse_to_fine_order(settings.points_per_side)]
+        # Which tile pixels the kept masks of earlier batches cover.
+        covered = np.zeros((tile.h_px, tile.w_px), dtype=bool)
+        points_tile_px = np.minimum(
+            (points_xy * (tile.w_px / size)).astype(np.int64), [tile.w_px - 1, tile.h_px - 1]
+        )
     background_index = (
         model.class_names.index(settings.background_class)
         if settings.background_class is not None
@@ -395,17 +435,32 @@ def _segment_tile(
     )
     tile_counts = dict.fromkeys(MASK_OUTCOMES, 0)
     batches = []
-    for start in range(0, len(points), settings.points_per_batch):
-        batch_points = points[start : start + settings.points_per_batch, None, :]
-        prediction = model.predict(
-            embedding,
-            point_coords=batch_points,
-            point_labels=torch.ones(batch_points.shape[:2], dtype=torch.int64, device=device),
-            mask_threshold=MASK_THRESHOLD,
-        )
-        batches.append(
-            _filter_batch(prediction, tile, frame, settings, background_index, tile_counts)
-        )
+    decoded = 0
+    for start in range(0, len(points_xy), settings.points_per_batch):
+        batch = slice(start, start + settings.points_per_batch)
+        batch_xy = points_xy[batch]
+        if settings.skip_prompts_in_kept_masks:
+            tile_xy = points_tile_px[batch]
+            batch_xy = batch_xy[~covered[tile_xy[:, 1], tile_xy[:, 0]]]
+            if len(batch_xy) == 0:
+                continue
+        batch_points = torch.from_numpy(batch_xy).to(device)[:, None, :]
+        decoded += len(batch_points)
+        # The decoder's low-resolution logits are resized to the tile, so the model-size
+        # masks of ClassAwareSam.predict are not needed.
+        with torch.no_grad():
+            output = model(
+                image_embeddings=embedding,
+                point_coords=batch_points,
+                point_labels=torch.ones(batch_points.shape[:2], dtype=torch.int64, device=device),
+            )
+        tile_masks = _filter_batch(output, tile, frame, settings, background_index, tile_counts)
+        batches.append(tile_masks)
+        if settings.skip_prompts_in_kept_masks:
+            for (x_min, y_min, x_max, y_max), crop in zip(
+                tile_masks.boxes_xyxy.tolist(), tile_masks.crops, strict=True
+            ):
+                covered[y_min:y_max, x_min:x_max] |= crop
 
     survivors = _remove_tile_duplicates(batches, settings, tile_counts)
     instances = _trace_instances(
@@ -414,16 +469,17 @@ def _segment_tile(
 
     for key, value in tile_counts.items():
         counts[key] += value
-    counts["masks_generated"] += len(points)
+    counts["masks_generated"] += decoded
+    counts["prompts_skipped_in_kept_mask"] += len(points_xy) - decoded
     logger.debug(
-        "Tile %d at (%d, %d) px: %d prompts, %d candidates, drops %s",
-        tile.index, tile.x_px, tile.y_px, len(points), len(instances), tile_counts,
+        "Tile %d at (%d, %d) px: %d prompts decoded of %d, %d candidates, drops %s",
+        tile.index, tile.x_px, tile.y_px, decoded, len(points_xy), len(instances), tile_counts,
     )
     return instances
 
 
 def _filter_batch(
-    prediction: ClassAwarePrediction,
+    output: DecoderOutput,
     tile: Tile,
     frame: WorkingFrame,
     settings: SegmentationSettings,
@@ -431,8 +487,8 @@ def _filter_batch(
     tile_counts: dict[str, int],
 ) -> _TileMasks:
     """Apply the score, background and size filters to one decoder batch."""
-    predicted_ious = prediction.iou_predictions.float()
-    probabilities, class_indexes = prediction.class_probabilities.float().max(dim=1)
+    predicted_ious = output.iou_pred[:, 0].float()
+    probabilities, class_indexes = torch.softmax(output.class_logits.float(), dim=1).max(dim=1)
 
     # Each filter tests only the masks that passed the earlier ones, so every prompt
     # lands in exactly one outcome.
@@ -444,7 +500,7 @@ def _filter_batch(
     tile_counts["dropped_background"] += int(background.sum())
     tile_counts["dropped_low_class_probability"] += int(low_probability.sum())
 
-    logits = _logits_at_tile_size(prediction, passed, tile.w_px)
+    logits = _logits_at_tile_size(output, passed, tile.w_px)
     # Pixels past the image edge are the reader's padding, not slide.
     image_w_px, image_h_px = image_size_in_tile(tile, frame)
     logits = logits[:, :image_h_px, :image_w_px]
@@ -481,14 +537,14 @@ def _filter_batch(
 
 
 def _logits_at_tile_size(
-    prediction: ClassAwarePrediction, selected: torch.Tensor, tile_px: int
+    output: DecoderOutput, selected: torch.Tensor, tile_px: int
 ) -> torch.Tensor:
     """Return (K, tile_px, tile_px) mask logits of the selected prompts in tile pixels.
 
     The square tile was resized to the square model input without padding, so the low-
     resolution logits cover the tile exactly and one bilinear resize maps them back.
     """
-    low_res = prediction.low_res_logits[selected].float()
+    low_res = output.mask_logits[selected].float()
     if low_res.shape[0] == 0:
         return torch.zeros((0, tile_px, tile_px), device=low_res.device)
     return F.interpolate(low_res, (tile_px, tile_px), mode="bilinear", align_corners=False)[:, 0]

@@ -19,6 +19,7 @@ const COUNT_LABELS = {
   tiles_processed: "tiles processed",
   tiles_not_reached: "tiles not reached (run stopped)",
   masks_generated: "masks generated",
+  prompts_skipped_in_kept_mask: "prompts skipped (inside a kept mask)",
   dropped_low_predicted_iou: "dropped: predicted IoU below the threshold",
   dropped_background: "dropped: classified as background",
   dropped_low_class_probability: "dropped: class probability below the threshold",

@@ -165,6 +165,24 @@ def test_forward_prompts_equal_single_runs(model: ClassAwareSam) -> None:
             assert torch.allclose(together.class_logits[index], alone.class_logits[0], atol=1e-5)
 
 
+def test_inference_on_one_image_equals_the_training_path(model: ClassAwareSam) -> None:
+    # Without gradients, prompts on one image share it (ml.two_way_transformer); with
+    # gradients every prompt gets its own copy, as in Meta's decoder.
+    embeddings = model.embed_images(random_images(1, seed=3)).detach()
+    coords, labels = random_points(11, seed=4)
+
+    trained = model(image_embeddings=embeddings, point_coords=coords, point_labels=labels)
+    with torch.no_grad():
+        inferred = model(image_embeddings=embeddings, point_coords=coords, point_labels=labels)
+
+    assert trained.mask_logits.requires_grad and not inferred.mask_logits.requires_grad
+    for name in ("mask_logits", "iou_pred", "class_logits"):
+        expected, got = getattr(trained, name).detach(), getattr(inferred, name)
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-4, rtol=0), name
+    assert trained.mask_logits.std() > 0.01
+
+
 def test_forward_batch_one_prompt_each(model: ClassAwareSam) -> None:
     images = random_images(2, seed=1)
     boxes = torch.tensor([[10.0, 20.0, 120.0, 90.0], [50.0, 60.0, 200.0, 250.0]])
@@ -210,8 +228,9 @@ def test_decoder_token_order(model: ClassAwareSam) -> None:
     coords, labels = random_points(2)
     handle = decoder.transformer.register_forward_hook(capture)
     try:
+        # With gradients the decoder calls the transformer module itself, so the hook sees it.
+        output = model(image_embeddings=embeddings, point_coords=coords, point_labels=labels)
         with torch.no_grad():
-            output = model(image_embeddings=embeddings, point_coords=coords, point_labels=labels)
             sparse, _ = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
     finally:
         handle.remove()
@@ -224,8 +243,12 @@ def test_decoder_token_order(model: ClassAwareSam) -> None:
     assert torch.equal(tokens[0, 2], decoder.mask_token.weight[0])
     assert torch.equal(tokens[:, 3:], sparse)
     with torch.no_grad():
-        assert torch.allclose(output.iou_pred, decoder.iou_prediction_head(token_out[:, 0]))
-        assert torch.allclose(output.class_logits, decoder.class_prediction_head(token_out[:, 1]))
+        assert torch.allclose(
+            output.iou_pred.detach(), decoder.iou_prediction_head(token_out[:, 0])
+        )
+        assert torch.allclose(
+            output.class_logits.detach(), decoder.class_prediction_head(token_out[:, 1])
+        )
 
 
 def test_forward_rejects_batch_mismatch(model: ClassAwareSam) -> None:

@@ -7,7 +7,7 @@ determinism, stopping), never segmentation quality.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from ml.segmentation import (
     LabeledInstance,
     SegmentationResult,
     SegmentationSettings,
+    coarse_to_fine_order,
     merge_labeled_instances,
     prompt_grid,
     remove_duplicate_boxes,
@@ -91,12 +92,72 @@ def assert_counts_add_up(result: SegmentationResult) -> None:
     counts = result.counts
     assert set(counts) == set(COUNT_KEYS)
     assert counts["masks_generated"] == sum(counts[key] for key in MASK_OUTCOMES)
-    assert counts["masks_generated"] == 16 * counts["tiles_processed"]
+    assert counts["masks_generated"] + counts["prompts_skipped_in_kept_mask"] == (
+        16 * counts["tiles_processed"]
+    )
     assert counts["kept"] == len(result.instances)
     assert sum(result.kept_per_class.values()) == counts["kept"]
     assert counts["tiles_total"] == (
         counts["tiles_processed"] + counts["tiles_skipped_no_tissue"] + counts["tiles_not_reached"]
     )
+
+
+def test_coarse_to_fine_order() -> None:
+    # 4 x 4 grid, row-major indexes: the corner, then stride 2, then the rest.
+    assert coarse_to_fine_order(4).tolist() == [0, 2, 8, 10, 1, 3, 4, 5, 6, 7, 9, 11, 12, 13, 14, 15]
+    assert sorted(coarse_to_fine_order(5).tolist()) == list(range(25))
+    assert coarse_to_fine_order(1).tolist() == [0]
+
+
+@pytest.fixture(scope="module")
+def whole_tile_model() -> ClassAwareSam:
+    """A tiny class-aware SAM whose every mask covers the whole tile.
+
+    The last upscaling layer outputs a constant 1 and the hypernetwork a constant 1, so
+    every mask logit is 32 x GELU(1) > 0, whatever the prompt.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(CLASS_HEAD_SEED)
+        class_aware, _ = from_sam(make_tiny_sam(1), CLASS_NAMES)
+    decoder = class_aware.mask_decoder
+    with torch.no_grad():
+        decoder.output_upscaling[3].weight.zero_()
+        decoder.output_upscaling[3].bias.fill_(1.0)
+        decoder.output_hypernetwork_mlp.layers[-1].weight.zero_()
+        decoder.output_hypernetwork_mlp.layers[-1].bias.fill_(1.0)
+    return class_aware.eval()
+
+
+def test_prompts_inside_kept_masks_are_skipped(
+    slide: Slide, whole_tile_model: ClassAwareSam, tissue: TissueMask
+) -> None:
+    # Batches of 4 prompts: the first batch's whole-tile masks cover every later point.
+    settings = replace(
+        TINY_SETTINGS, points_per_batch=4, max_area_fraction=1.0, overlap_px=240,
+        background_class=None, min_mask_tissue_fraction=0.0, skip_prompts_in_kept_masks=True,
+    )
+    skipping = segment_slide(slide, whole_tile_model, settings, tissue)
+    every_prompt = segment_slide(
+        slide, whole_tile_model, replace(settings, skip_prompts_in_kept_masks=False), tissue
+    )
+
+    for result in (skipping, every_prompt):
+        assert_counts_add_up(result)
+        assert result.tiles_processed == 4
+    assert skipping.counts["masks_generated"] == 4 * 4
+    assert skipping.counts["prompts_skipped_in_kept_mask"] == 4 * 12
+    assert every_prompt.counts["masks_generated"] == 4 * 16
+    assert every_prompt.counts["prompts_skipped_in_kept_mask"] == 0
+    # The skipped prompts would only have repeated the kept masks.
+    assert skipping.counts["kept"] == every_prompt.counts["kept"] > 0
+    assert sorted(shapely.to_wkt(i.instance.polygon_level0) for i in skipping.instances) == sorted(
+        shapely.to_wkt(i.instance.polygon_level0) for i in every_prompt.instances
+    )
+
+
+def test_skip_setting_must_be_boolean() -> None:
+    with pytest.raises(SettingsError, match="skip_prompts_in_kept_masks must be true or false"):
+        replace(TINY_SETTINGS, skip_prompts_in_kept_masks="yes")
 
 
 def test_grid_and_progress(first_run: Run) -> None:
