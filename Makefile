@@ -13,7 +13,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/nephroweb
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 PYTEST_ARGS ?=
 
-.PHONY: demo test env frontend browser clean
+.PHONY: demo test env frontend browser benchmarks clean
 
 env: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ demo: env frontend
 
 test: env frontend browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+# Every speed and memory benchmark, each updating its section of docs/benchmarks.md
+# (about 30 minutes on 2 CPU cores). The API latency run needs the PostgreSQL server.
+benchmarks: env
+	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --quick --points-per-side 16
+	OMP_NUM_THREADS=1 $(PY) benchmarks/whole_slide.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/large_slide_memory.py
+	DATABASE_URL=$(TEST_DATABASE_URL) OMP_NUM_THREADS=1 $(PY) benchmarks/api_latency.py --write-docs
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist

@@ -22,14 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+import torch
+import torch.nn.functional as F
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.modeling import Sam
+from torch import nn
+
+from ml.class_aware import ClassAwareSam
 
 from ml.instances import Instance
 from ml.merge import CONFLICT_OVERLAP, DUPLICATE_OVERLAP
 from ml.proposals import ProposalSettings
 from ml.slide import Slide
-from ml.tile_masks import image_size_in_tile, trace_mask
+from ml.tile_masks import TiledMaskSettings, image_size_in_tile, trace_mask
 from ml.tiling import Tile, tile_grid
 from ml.tissue import TissueMask
 
@@ -64,24 +69,31 @@ def reference_tiles(width_px: int, height_px: int, tile_px: int) -> list[Tile]:
 
 
 def run_reference(
-    slide: Slide, model: Sam, settings: ProposalSettings, tissue: TissueMask
+    slide: Slide,
+    model: Sam,
+    settings: TiledMaskSettings,
+    tissue: TissueMask,
+    generator: SamAutomaticMaskGenerator | None = None,
 ) -> ReferenceResult:
     """Propose instances on the whole slide the reference way, timing each stage.
 
-    ``settings`` supplies the working mpp, tile size, prompt grid, SAM thresholds and the
-    filters. Its overlap is ignored, because the reference always overlaps by half a tile.
+    ``settings`` supplies the working mpp, tile size and the filters, and for the default
+    generator the prompt grid and SAM thresholds of ``ProposalSettings``. Its overlap is
+    ignored, because the reference always overlaps by half a tile. A caller with other
+    thresholds passes its own ``generator``.
     """
     frame = slide.working_frame(settings.mpp)
     tiles = reference_tiles(frame.width_px, frame.height_px, settings.tile_px)
-    generator = SamAutomaticMaskGenerator(
-        model,
-        points_per_side=settings.points_per_side,
-        points_per_batch=settings.points_per_batch,
-        pred_iou_thresh=settings.pred_iou_thresh,
-        stability_score_thresh=settings.stability_score_thresh,
-        box_nms_thresh=settings.box_nms_thresh,
-        output_mode="binary_mask",
-    )
+    if generator is None:
+        generator = SamAutomaticMaskGenerator(
+            model,
+            points_per_side=settings.points_per_side,
+            points_per_batch=settings.points_per_batch,
+            pred_iou_thresh=settings.pred_iou_thresh,
+            stability_score_thresh=settings.stability_score_thresh,
+            box_nms_thresh=settings.box_nms_thresh,
+            output_mode="binary_mask",
+        )
     seconds = dict.fromkeys(("read", "mask_generation", "polygons", "merge"), 0.0)
     result = ReferenceResult(instances=[], stage_seconds=seconds, tiles=len(tiles))
     candidates: list[Instance] = []
@@ -181,3 +193,96 @@ def _keep_greedily(order: list[int], clashes: Callable[[int, int], bool]) -> lis
         if not any(clashes(i, j) for j in kept):
             kept.append(i)
     return kept
+
+
+class ClassAwareAsSam(nn.Module):
+    """A class-aware SAM behind the interface that Meta's generator expects of ``Sam``.
+
+    ``SamAutomaticMaskGenerator`` can then drive nephroweb's class-aware model the way it
+    drives SAM. The decoder gives one mask per prompt (Meta's gives three), and it
+    reports a predicted IoU of -1 for a mask whose most probable class is
+    ``background_class`` or whose class probability is below ``min_class_probability``,
+    so the generator's ``pred_iou_thresh`` also applies the class filters of
+    ``ml.segmentation``. Each prompt decodes its own copy of the image embedding, as in
+    Meta's decoder.
+    """
+
+    mask_threshold = 0.0
+    image_format = "RGB"
+
+    def __init__(
+        self, model: ClassAwareSam, background_class: str | None, min_class_probability: float
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_encoder = _ClassAwareEncoder(model)
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = _ClassAwareDecoder(model, background_class, min_class_probability)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """Pad a (1, 3, h, w) 0..255 image to the model size with the mean colour.
+
+        ``Sam.preprocess`` normalises, then pads with zeros; the class-aware model
+        normalises inside ``embed_images``, so padding with the mean gives the same input.
+        """
+        size = self.model.image_size
+        height, width = image.shape[-2:]
+        padded = self.model.pixel_mean.reshape(1, 3, 1, 1).expand(1, 3, size, size).clone()
+        padded[..., :height, :width] = image
+        return padded
+
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Upsample low-resolution logits to the original image, as ``Sam.postprocess_masks``."""
+        size = self.model.image_size
+        masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+
+
+class _ClassAwareEncoder(nn.Module):
+    def __init__(self, model: ClassAwareSam) -> None:
+        super().__init__()
+        self.model = model
+        self.img_size = model.image_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_images(images)
+
+
+class _ClassAwareDecoder(nn.Module):
+    def __init__(
+        self, model: ClassAwareSam, background_class: str | None, min_class_probability: float
+    ) -> None:
+        super().__init__()
+        self.model = model
+        names = list(model.class_names)
+        self.background_index = names.index(background_class) if background_class else -1
+        self.min_class_probability = min_class_probability
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts = sparse_prompt_embeddings.shape[0]
+        output = self.model.mask_decoder(
+            image_embeddings.expand(prompts, -1, -1, -1),
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+        )
+        probabilities, classes = torch.softmax(output.class_logits, dim=1).max(dim=1)
+        refused = (classes == self.background_index) | (
+            probabilities < self.min_class_probability
+        )
+        iou = output.iou_pred.masked_fill(refused[:, None], -1.0)
+        return output.mask_logits, iou

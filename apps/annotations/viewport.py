@@ -21,6 +21,7 @@ FEATURE_FIELDS = (
 _PROPERTIES_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
+# Limitation: outlines keep every vertex at any zoom; a 5 000-feature view is about 3.7 MB.
 def viewport_feature_collection(slide, x_min, y_min, x_max, y_max, limit: int) -> str:
     """Return a FeatureCollection of at most ``limit`` instances overlapping the box.
 

@@ -118,6 +118,19 @@ def test_viewport_feature_matches_stored(db, cmu_slide, client_for):
     }
 
 
+def test_whole_slide_view_sends_every_vertex(db, cmu_slide, client_for):
+    # Limitation of apps/annotations/viewport.py: no simplified outlines at low zoom.
+    populate_instances(cmu_slide, 50)
+    client = client_for("pathologist")
+    box = ",".join(str(value) for value in viewport_boxes(cmu_slide)["whole_slide"])
+    body = client.get(f"/api/slides/{cmu_slide.pk}/instances/?bbox={box}").json()
+    stored = dict(Instance.objects.filter(slide=cmu_slide).values_list("id", "geometry"))
+    assert len(body["features"]) == 50
+    for feature in body["features"]:
+        assert feature["geometry"] == stored[feature["id"]]
+        assert len(feature["geometry"]["coordinates"][0]) == 25
+
+
 def test_viewport_truncates_at_limit(db, cmu_slide, client_for):
     populate_instances(cmu_slide, 300)
     client = client_for("pathologist")
