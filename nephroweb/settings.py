@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Gives the audit log each request's client address (apps/accounts/audit.py).
+    "apps.accounts.audit.AuditRequestMiddleware",
 ]
 
 ROOT_URLCONF = "nephroweb.urls"

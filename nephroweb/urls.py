@@ -13,4 +13,5 @@ urlpatterns = [
     path("", include("apps.review.urls")),
     path("", include("apps.training.urls")),
     path("", include("apps.analysis.urls")),
+    path("", include("apps.accounts.urls")),
 ]

@@ -27,6 +27,7 @@ PERMISSION_WORDS = {
     "analysis.evaluate_models": "evaluate model versions",
     "analysis.view_slidereadout": "view read-outs",
     "analysis.enter_reports": "enter pathology report values",
+    "accounts.view_auditevent": "read the audit log",
 }
 
 

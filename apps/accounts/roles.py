@@ -6,8 +6,8 @@
   regions, exporting GeoJSON and CSV, entering pathology report values, and reading the
   dashboards and model evaluations.
 - admin: everything, including importing slides and annotation files, deleting slides
-  and instances, training and evaluating model versions, and giving users their roles
-  in the admin site.
+  and instances, training and evaluating model versions, reading the audit log, and
+  giving users their roles in the admin site.
 Superusers pass every check regardless of group.
 """
 
@@ -48,6 +48,7 @@ ROLE_PERMISSIONS = {
         "annotations.import_instances",
         "training.train_models",
         "analysis.evaluate_models",
+        "accounts.view_auditevent",
         # Giving users their roles in the admin site (/admin/).
         "auth.view_user",
         "auth.add_user",

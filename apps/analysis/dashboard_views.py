@@ -18,6 +18,7 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
+from apps.accounts import audit
 from apps.accounts.permissions import page_permission_required
 
 from . import figures
@@ -141,10 +142,15 @@ def _figure_response(request, draw, name: str) -> HttpResponse:
         return HttpResponseBadRequest(str(error), content_type="text/plain; charset=utf-8")
     subtitle = f"{summary.choice.label}, {summary.cohort_label}"
     response = HttpResponse(draw(summary.result, subtitle), content_type="image/png")
+    # Only the download is an export. The page shows the same image inline on every
+    # visit, and logging those requests would add two rows per dashboard view.
     if request.GET.get("download") == "1":
         cohort_slug = slugify(summary.cohort) or "all-cohorts"
         file_name = f"{name}-{summary.choice.slug}-{cohort_slug}.png"
         response["Content-Disposition"] = f'attachment; filename="{file_name}"'
+        audit.record_export(
+            request.user, file_name, source=summary.choice.value, cohort=summary.cohort
+        )
     return response
 
 

@@ -22,6 +22,7 @@ from django.utils import timezone
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
+from apps.accounts import audit
 from apps.annotations.models import EvaluationRegion, Instance, ProposalRun
 from apps.training.models import ModelVersion, SnapshotInstance
 from apps.training.snapshots import trainable_class_names
@@ -218,7 +219,9 @@ def run_evaluation(model_version: ModelVersion, *, user=None) -> ModelEvaluation
             failure during scoring is stored on the returned row instead.
     """
     check_evaluable(model_version)
-    evaluation = ModelEvaluation.objects.create(model_version=model_version, created_by=user)
+    with transaction.atomic():
+        evaluation = ModelEvaluation.objects.create(model_version=model_version, created_by=user)
+        _record_evaluation(evaluation, user)
     return execute_evaluation(evaluation.pk)
 
 
@@ -233,11 +236,21 @@ def start_evaluation(model_version: ModelVersion, *, user) -> ModelEvaluation:
     check_evaluable(model_version)
     with transaction.atomic():
         evaluation = ModelEvaluation.objects.create(model_version=model_version, created_by=user)
+        _record_evaluation(evaluation, user)
         transaction.on_commit(lambda: run_evaluation_task.delay(evaluation.pk))
     logger.info(
         "Queued evaluation %s of model version %s", evaluation.pk, model_version.pk
     )
     return evaluation
+
+
+def _record_evaluation(evaluation: ModelEvaluation, user) -> None:
+    version = evaluation.model_version
+    audit.record(
+        audit.Action.EVALUATE, user=user, target_type=audit.Target.MODEL_EVALUATION,
+        target_id=evaluation.pk,
+        detail={"model_version": version.pk, "model_version_name": version.name},
+    )
 
 
 def execute_evaluation(evaluation_id: int) -> ModelEvaluation:

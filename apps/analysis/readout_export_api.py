@@ -6,6 +6,7 @@ from django.utils.text import slugify
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts import audit
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 
@@ -27,7 +28,10 @@ class SlideReadoutsCSVView(APIView):
 
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
-        return _csv_response(readouts_csv([slide]), f"slide-{slide.pk}-readouts.csv")
+        file_name = f"slide-{slide.pk}-readouts.csv"
+        response = _csv_response(readouts_csv([slide]), file_name)
+        audit.record_export(request.user, file_name, slide_id=slide.pk)
+        return response
 
 
 class CohortReadoutsCSVView(APIView):
@@ -48,4 +52,6 @@ class CohortReadoutsCSVView(APIView):
         if cohort:
             slides = slides.filter(cohort=cohort)
             file_name = f"readouts-{slugify(cohort)}.csv"
-        return _csv_response(readouts_csv(slides), file_name)
+        response = _csv_response(readouts_csv(slides), file_name)
+        audit.record_export(request.user, file_name, cohort=cohort)
+        return response

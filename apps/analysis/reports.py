@@ -16,6 +16,7 @@ from pathlib import Path
 
 from django.db import transaction
 
+from apps.accounts import audit
 from apps.slides.models import Slide
 from ml.errors import NephrowebError
 
@@ -106,14 +107,26 @@ def set_patient_report(
             f"patient {patient_id!r} has no slide in cohort {cohort or '(none)'!r}. "
             f"Import the slides first, or check the cohort."
         )
-    if value is None:
-        PatientReport.objects.filter(cohort=cohort, patient_id=patient_id).delete()
-        logger.info("Patient report deleted: cohort %r, patient %r", cohort, patient_id)
-        return None
-    report, _ = PatientReport.objects.update_or_create(
-        cohort=cohort, patient_id=patient_id,
-        defaults={"report_ifta_pct": value, "updated_by": user},
-    )
+    identity = {"cohort": cohort, "patient_id": patient_id}
+    with transaction.atomic():
+        if value is None:
+            existing = PatientReport.objects.filter(**identity).first()
+            if existing is not None:
+                audit.record(
+                    audit.Action.DELETE, user=user, target_type=audit.Target.PATIENT_REPORT,
+                    target_id=existing.pk, detail=identity,
+                )
+                existing.delete()
+            logger.info("Patient report deleted: cohort %r, patient %r", cohort, patient_id)
+            return None
+        report, created = PatientReport.objects.update_or_create(
+            **identity, defaults={"report_ifta_pct": value, "updated_by": user},
+        )
+        audit.record(
+            audit.Action.CREATE if created else audit.Action.CHANGE, user=user,
+            target_type=audit.Target.PATIENT_REPORT, target_id=report.pk,
+            detail={**identity, "report_ifta_pct": value},
+        )
     logger.info("Patient report set: cohort %r, patient %r, %g %%", cohort, patient_id, value)
     return report
 
@@ -165,6 +178,12 @@ def import_reports(path_or_file, *, user=None) -> ReportImportResult:
                 cohort=cohort, patient_id=patient_id,
                 defaults={"report_ifta_pct": value, "updated_by": user},
             )
+        audit.record(
+            audit.Action.IMPORT, user=user, target_type=audit.Target.REPORT_FILE, detail={
+                "file_name": file_name, "slide_reports": len(slide_updates),
+                "patient_reports": len(patient_updates),
+            },
+        )
     logger.info(
         "Imported reports from %s: %d slide reports, %d patient reports",
         file_name, len(slide_updates), len(patient_updates),

@@ -12,6 +12,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts import audit
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 from ml.annotation_files import AnnotationFileError, read_annotation_bytes
@@ -112,7 +113,9 @@ class GeoJSONExportView(APIView):
             export_feature_collection(instances.iterator(chunk_size=2000)),
             content_type="application/geo+json",
         )
-        response["Content-Disposition"] = f'attachment; filename="slide-{slide.pk}.geojson"'
+        file_name = f"slide-{slide.pk}.geojson"
+        response["Content-Disposition"] = f'attachment; filename="{file_name}"'
+        audit.record_export(request.user, file_name, slide_id=slide.pk)
         return response
 
 
@@ -128,23 +131,32 @@ class SlideCountsCSVView(APIView):
 
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
-        return _csv_response(csv_export.counts_csv([slide]), f"slide-{slide.pk}-counts.csv")
+        file_name = f"slide-{slide.pk}-counts.csv"
+        response = _csv_response(csv_export.counts_csv([slide]), file_name)
+        audit.record_export(request.user, file_name, slide_id=slide.pk)
+        return response
 
 
 class CohortCountsCSVView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
     def get(self, request):
-        return _csv_response(csv_export.counts_csv(Slide.objects.order_by("id")), "cohort-counts.csv")
+        response = _csv_response(
+            csv_export.counts_csv(Slide.objects.order_by("id")), "cohort-counts.csv"
+        )
+        audit.record_export(request.user, "cohort-counts.csv")
+        return response
 
 
 class CohortReviewersCSVView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
     def get(self, request):
-        return _csv_response(
+        response = _csv_response(
             csv_export.reviewers_csv(Slide.objects.order_by("id")), "cohort-reviewers.csv"
         )
+        audit.record_export(request.user, "cohort-reviewers.csv")
+        return response
 
 
 class AnnotationImportView(APIView):

@@ -19,6 +19,7 @@ import shapely
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts import audit
 from ml.annotation_files import AnnotationFile
 from ml.errors import NephrowebError
 
@@ -148,6 +149,11 @@ def import_annotations(slide, annotations: AnnotationFile, *, user, mapping=None
             )
             for row in rows
         ], batch_size=2000)
+        audit.record(
+            audit.Action.IMPORT, user=user, target_type=audit.Target.SLIDE, target_id=slide.pk,
+            slide_id=slide.pk,
+            detail={"source": report.source, "format": report.file_format, "created": len(rows)},
+        )
     report.created = len(rows)
     report.created_per_class = dict(sorted(created.items()))
     report.left_out_by_mapping = dict(sorted(left_out.items()))

@@ -14,6 +14,7 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
+from apps.accounts import audit
 from apps.analysis.predictions import Prediction, write_run_predictions
 from ml.errors import CheckpointError, SettingsError
 
@@ -86,6 +87,11 @@ def start_segmentation_run(slide, model_version, *, user=None, overrides=None, e
             slide=slide, model_version=model_version, sam_type=SAM_TYPE_LABEL,
             checkpoint=model_version.weights_path, settings=run_settings.to_dict(),
             created_by=user,
+        )
+        audit.record(
+            audit.Action.SEGMENT, user=user, target_type=audit.Target.PROPOSAL_RUN,
+            target_id=run.pk, slide_id=slide.pk,
+            detail={"model_version": model_version.pk, "model_version_name": model_version.name},
         )
         if enqueue:
             from .tasks import run_segmentation

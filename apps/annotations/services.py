@@ -11,6 +11,7 @@ from django.utils import timezone
 from shapely import STRtree
 from shapely.geometry import shape
 
+from apps.accounts import audit
 from ml.errors import NephrowebError
 from nephroweb.leases import acquire_lease, release_lease, renew_lease
 
@@ -49,6 +50,10 @@ def start_proposal_run(slide, *, user=None, sam_type=None, overrides=None, enque
     with transaction.atomic():
         run = ProposalRun.objects.create(
             slide=slide, sam_type=sam_type, settings=run_settings.to_dict(), created_by=user
+        )
+        audit.record(
+            audit.Action.PROPOSE, user=user, target_type=audit.Target.PROPOSAL_RUN,
+            target_id=run.pk, slide_id=slide.pk, detail={"sam_type": sam_type},
         )
         if enqueue:
             from .tasks import run_proposals

@@ -202,7 +202,10 @@ class AssignmentDetailView(APIView):
     permission_classes = [has_perm("review.assign_reviewers")]
 
     def delete(self, request, assignment_id):
-        get_object_or_404(SlideAssignment, pk=assignment_id).delete()
+        assignment = get_object_or_404(
+            SlideAssignment.objects.select_related("reviewer"), pk=assignment_id
+        )
+        services.unassign(assignment, user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -234,5 +237,7 @@ class EvaluationRegionDetailView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.delete_evaluationregion")]
 
     def delete(self, request, region_id):
-        get_object_or_404(EvaluationRegion, pk=region_id).delete()
+        services.remove_evaluation_region(
+            get_object_or_404(EvaluationRegion, pk=region_id), user=request.user
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -15,8 +15,8 @@ States: pending -> accepted / edited / rejected, and back to pending by reopen.
 
 Every change names the version the reviewer saw. If the instance has changed since, the
 change is rejected with VersionConflict and nothing is written: a reviewer's edit is
-never silently overwritten. Each change writes one InstanceEvent and, once committed,
-is pushed to the slide's websocket group.
+never silently overwritten. Each change writes one InstanceEvent and one audit row in
+the same transaction and, once committed, is pushed to the slide's websocket group.
 """
 
 import logging
@@ -26,6 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 from shapely.geometry import mapping, shape
 
+from apps.accounts import audit
 from apps.annotations import events
 from apps.annotations.classes import class_by_name
 from apps.annotations.geometry import geometry_row_fields
@@ -112,9 +113,20 @@ def _save(instance: Instance, user, action: str, before: dict) -> Instance:
         slide_id=instance.slide_id, instance=instance, instance_ref=instance.pk, user=user,
         action=action, before=before, after=snapshot(instance),
     )
+    _record_instance(audit.Action.CHANGE, instance.pk, instance.slide_id, user, {
+        "change": action, "version": instance.version, "review_state": instance.review_state,
+        "class_name": instance.class_name,
+    })
     _publish_after_commit(instance, action, user)
     logger.info("%s: object %s on slide %s by %s", action, instance.pk, instance.slide_id, user)
     return instance
+
+
+def _record_instance(action: str, instance_id: int, slide_id: int, user, detail: dict) -> None:
+    audit.record(
+        action, user=user, target_type=audit.Target.INSTANCE, target_id=instance_id,
+        slide_id=slide_id, detail=detail,
+    )
 
 
 def _publish_after_commit(instance: Instance, action: str, user) -> None:
@@ -221,6 +233,9 @@ def draw(slide, *, user, geometry: dict, class_name: str) -> Instance:
         slide=slide, instance=instance, instance_ref=instance.pk, user=user,
         action=Action.DRAW, before={}, after=snapshot(instance),
     )
+    _record_instance(audit.Action.CREATE, instance.pk, slide.pk, user, {
+        "change": Action.DRAW, "version": instance.version, "class_name": class_name,
+    })
     _publish_after_commit(instance, Action.DRAW, user)
     return instance
 
@@ -232,6 +247,10 @@ def delete(instance_id: int, *, user, version: int) -> None:
         slide_id=instance.slide_id, instance=None, instance_ref=instance.pk, user=user,
         action=Action.DELETE, before=snapshot(instance) | _restore_fields(instance), after={},
     )
+    _record_instance(audit.Action.DELETE, instance.pk, instance.slide_id, user, {
+        "change": Action.DELETE, "version": instance.version,
+        "review_state": instance.review_state, "class_name": instance.class_name,
+    })
     payload = events.instance_payload(instance, Action.DELETE, user, deleted=True)
     slide_id = instance.slide_id
     instance.delete()
@@ -247,6 +266,11 @@ def _restore_fields(instance: Instance) -> dict:
         "stability_score": instance.stability_score,
         "class_confidence": instance.class_confidence,
     }
+
+
+# Undoing a drawing deletes the instance, and undoing a deletion creates it again. The
+# audit row names that effect, and every other undo is a change.
+_UNDO_AUDIT_ACTIONS = {Action.DRAW: audit.Action.DELETE, Action.DELETE: audit.Action.CREATE}
 
 
 @transaction.atomic
@@ -296,25 +320,64 @@ def undo_last(slide, *, user) -> InstanceEvent:
         slide=slide, instance=instance, instance_ref=event.instance_ref, user=user,
         action=Action.UNDO, before=event.after, after=after, undoes=event,
     )
+    audit_action = _UNDO_AUDIT_ACTIONS.get(event.action, audit.Action.CHANGE)
+    _record_instance(audit_action, event.instance_ref, slide.pk, user, {
+        "change": Action.UNDO, "undone_change": event.action, "undone_event": event.pk,
+        "version": after.get("version"),
+    })
     if instance is not None:
         _publish_after_commit(instance, Action.UNDO, user)
     return undo
 
 
+@transaction.atomic
 def add_evaluation_region(slide, *, user, geometry: dict) -> EvaluationRegion:
     """Mark a region of the slide as fully reviewed (metrics score only inside such regions)."""
     polygon = validated_geometry(geometry)
     _check_inside_slide(polygon, slide)
-    return EvaluationRegion.objects.create(
+    region = EvaluationRegion.objects.create(
         slide=slide, geometry=geometry_row_fields(polygon, slide.mpp)["geometry"], created_by=user
     )
+    audit.record(
+        audit.Action.CREATE, user=user, target_type=audit.Target.EVALUATION_REGION,
+        target_id=region.pk, slide_id=slide.pk,
+    )
+    return region
 
 
+@transaction.atomic
+def remove_evaluation_region(region: EvaluationRegion, *, user) -> None:
+    """Delete an evaluation region, so metrics no longer score inside it."""
+    audit.record(
+        audit.Action.DELETE, user=user, target_type=audit.Target.EVALUATION_REGION,
+        target_id=region.pk, slide_id=region.slide_id,
+    )
+    region.delete()
+
+
+@transaction.atomic
 def assign(slide, *, reviewer, assigned_by) -> SlideAssignment:
     """Give ``slide`` to ``reviewer`` (idempotent: an existing assignment is returned)."""
     assignment, created = SlideAssignment.objects.get_or_create(
         slide=slide, reviewer=reviewer, defaults={"assigned_by": assigned_by}
     )
     if created:
+        audit.record(
+            audit.Action.CREATE, user=assigned_by, target_type=audit.Target.SLIDE_ASSIGNMENT,
+            target_id=assignment.pk, slide_id=slide.pk,
+            detail={"reviewer": reviewer.get_username()},
+        )
         logger.info("Slide %s assigned to %s by %s", slide.pk, reviewer, assigned_by)
     return assignment
+
+
+@transaction.atomic
+def unassign(assignment: SlideAssignment, *, user) -> None:
+    """Take a slide back from its reviewer."""
+    audit.record(
+        audit.Action.DELETE, user=user, target_type=audit.Target.SLIDE_ASSIGNMENT,
+        target_id=assignment.pk, slide_id=assignment.slide_id,
+        detail={"reviewer": assignment.reviewer.get_username()},
+    )
+    assignment.delete()
+    logger.info("Slide %s taken back from %s by %s", assignment.slide_id, assignment.reviewer, user)

@@ -9,6 +9,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts import audit
 from apps.accounts.permissions import has_perm
 from ml.errors import SlideError
 
@@ -54,7 +55,12 @@ class SlideDetailView(APIView):
         return [has_perm("slides.view_slide")()]
 
     def get(self, request, slide_id):
-        return Response(SlideSerializer(get_object_or_404(Slide, pk=slide_id)).data)
+        slide = get_object_or_404(Slide, pk=slide_id)
+        audit.record(
+            audit.Action.VIEW, user=request.user, target_type=audit.Target.SLIDE,
+            target_id=slide.pk, slide_id=slide.pk, detail={"via": "api"},
+        )
+        return Response(SlideSerializer(slide).data)
 
     def delete(self, request, slide_id):
         services.delete_slide(get_object_or_404(Slide, pk=slide_id), user=request.user)

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils.text import get_valid_filename
 from shapely.geometry import mapping
 
+from apps.accounts import audit
 from ml.errors import SlideError
 from ml.slide import open_slide
 from ml.tissue import detect_tissue
@@ -81,6 +82,11 @@ def import_slide(
             warnings=list(tissue.warnings),
             created_by=user,
         )
+        audit.record(
+            audit.Action.UPLOAD if origin == Slide.Origin.UPLOAD else audit.Action.IMPORT,
+            user=user, target_type=audit.Target.SLIDE, target_id=record.pk, slide_id=record.pk,
+            detail={"name": record.name, "original_filename": record.original_filename},
+        )
     logger.info(
         "Imported slide %s from %s: %dx%d px at %.4f mpp (%s)",
         record.pk, path, info.width_px, info.height_px, info.mpp, info.mpp_source,
@@ -148,6 +154,11 @@ def delete_slide(slide, *, user=None) -> None:
             uploaded_folder = candidate
     slide_id = slide.pk
     with transaction.atomic():
+        audit.record(
+            audit.Action.DELETE, user=user, target_type=audit.Target.SLIDE, target_id=slide_id,
+            slide_id=slide_id,
+            detail={"name": slide.name, "original_filename": slide.original_filename},
+        )
         slide.delete()
     if uploaded_folder is not None:
         shutil.rmtree(uploaded_folder, ignore_errors=True)

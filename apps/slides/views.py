@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404, render
 
+from apps.accounts import audit
 from apps.accounts.permissions import page_permission_required
 
 from .models import Slide
@@ -34,6 +35,10 @@ def slide_list(request):
 @page_permission_required("slides.view_slide")
 def slide_detail(request, slide_id):
     slide = get_object_or_404(Slide, pk=slide_id)
+    audit.record(
+        audit.Action.VIEW, user=request.user, target_type=audit.Target.SLIDE,
+        target_id=slide.pk, slide_id=slide.pk, detail={"via": "page"},
+    )
     return render(request, "slides/slide_detail.html", {
         "slide": slide,
         "can_propose": request.user.has_perm("annotations.add_proposalrun"),

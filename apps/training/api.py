@@ -123,5 +123,7 @@ class ModelVersionCancelView(APIView):
     permission_classes = [TRAIN]
 
     def post(self, request, version_id):
-        version = services.cancel_training(get_object_or_404(ModelVersion, pk=version_id))
+        version = services.cancel_training(
+            get_object_or_404(ModelVersion, pk=version_id), user=request.user
+        )
         return Response(ModelVersionSerializer(version).data)

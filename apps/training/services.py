@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts import audit
 from ml.errors import CheckpointError, NephrowebError, SettingsError
 from nephroweb.leases import acquire_lease, release_lease, renew_lease
 from nephroweb.time_remaining import estimate_seconds_remaining
@@ -116,6 +117,14 @@ def start_training(
         if not version.name:
             version.name = f"model-{version.pk}"
             version.save(update_fields=["name"])
+        audit.record(
+            audit.Action.TRAIN, user=user, target_type=audit.Target.MODEL_VERSION,
+            target_id=version.pk, detail={
+                "name": version.name, "snapshot": snapshot.pk,
+                "base_version": base_version.pk if base_version else None,
+                "base_checkpoint": version.base_checkpoint,
+            },
+        )
         if enqueue:
             from .tasks import run_training
 
@@ -152,7 +161,7 @@ def check_base_version(base_version: ModelVersion, base_checkpoint: str | None =
         )
 
 
-def cancel_training(version: ModelVersion) -> ModelVersion:
+def cancel_training(version: ModelVersion, *, user=None) -> ModelVersion:
     """Ask a queued or running version to stop.
 
     A queued version is cancelled at once. A running one stops before its next batch,
@@ -175,6 +184,10 @@ def cancel_training(version: ModelVersion) -> ModelVersion:
             version.finished_at = timezone.now()
             fields += ["status", "finished_at"]
         version.save(update_fields=fields)
+        audit.record(
+            audit.Action.CANCEL, user=user, target_type=audit.Target.MODEL_VERSION,
+            target_id=version.pk, detail={"name": version.name, "status": version.status},
+        )
     publish_version(version)
     return version
 

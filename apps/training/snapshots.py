@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import transaction
 from shapely.geometry import shape
 
+from apps.accounts import audit
 from apps.annotations.models import EvaluationRegion, Instance
 from ml.errors import SettingsError
 from ml.training_data import TrainingSample, derive_seed
@@ -151,6 +152,11 @@ def build_snapshot(
             )
             for instance in instances
         ], batch_size=2000)
+        audit.record(
+            audit.Action.SNAPSHOT, user=user, target_type=audit.Target.TRAINING_SNAPSHOT,
+            target_id=snapshot.pk,
+            detail={"instances": len(instances), "slides": len(slide_ids), "seed": seed},
+        )
     logger.info(
         "Snapshot %s: %d annotations, %d train and %d validation patients",
         snapshot.pk, len(instances), len(train), len(validation),

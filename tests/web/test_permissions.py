@@ -74,6 +74,9 @@ ENDPOINTS = {
     "api-model-evaluation": ("get", "/api/model-evaluations/0/", None, PATHOLOGISTS),
     "api-slide-readouts": ("get", "/api/slides/{slide}/readouts/", None, EVERYONE),
     "api-slide-ifta-regions": ("get", "/api/slides/{slide}/ifta-regions/", None, EVERYONE),
+    "audit-log": ("get", "/audit/", None, ADMINS),
+    "api-audit-events": ("get", "/api/audit/events/", None, ADMINS),
+    "api-audit-events-csv": ("get", "/api/audit/events.csv", None, ADMINS),
 }
 # Pages and views outside the API with their own rules.
 NOT_IN_TABLE = {"login", "logout"}
