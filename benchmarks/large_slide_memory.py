@@ -52,7 +52,10 @@ SAMPLE_SEED = 1
 
 
 def write_large_slide(
-    path: Path, size_level0: tuple[int, int], patch_rgb: np.ndarray, origins_level0: Sequence[tuple[int, int]]
+    path: Path,
+    size_level0: tuple[int, int],
+    patch_rgb: np.ndarray,
+    origins_level0: Sequence[tuple[int, int]],
 ) -> int:
     """Write a blank pyramidal TIFF with ``patch_rgb`` pasted at each origin; return the level count.
 
@@ -66,10 +69,14 @@ def write_large_slide(
         downsample = 1
         while True:
             level_w, level_h = width_px // downsample, height_px // downsample
-            patch = patch_rgb if downsample == 1 else cv2.resize(
-                patch_rgb,
-                (patch_rgb.shape[1] // downsample, patch_rgb.shape[0] // downsample),
-                interpolation=cv2.INTER_AREA,
+            patch = (
+                patch_rgb
+                if downsample == 1
+                else cv2.resize(
+                    patch_rgb,
+                    (patch_rgb.shape[1] // downsample, patch_rgb.shape[0] // downsample),
+                    interpolation=cv2.INTER_AREA,
+                )
             )
             origins = [(x // downsample, y // downsample) for x, y in origins_level0]
             pixels_per_cm = 1e4 / (MPP * downsample)
@@ -118,7 +125,9 @@ def _level_tiles(
             yield tile
 
 
-def spread_origins(size_level0: tuple[int, int], patch_hw: tuple[int, int], copies: int) -> list[tuple[int, int]]:
+def spread_origins(
+    size_level0: tuple[int, int], patch_hw: tuple[int, int], copies: int
+) -> list[tuple[int, int]]:
     """Place ``copies`` patches on a grid over the slide, each in its own cell."""
     columns = int(np.ceil(np.sqrt(copies)))
     rows = int(np.ceil(copies / columns))
@@ -132,7 +141,10 @@ def spread_origins(size_level0: tuple[int, int], patch_hw: tuple[int, int], copi
     for index in range(copies):
         row, column = divmod(index, columns)
         origins.append(
-            (column * cell_w + (cell_w - patch_hw[1]) // 2, row * cell_h + (cell_h - patch_hw[0]) // 2)
+            (
+                column * cell_w + (cell_w - patch_hw[1]) // 2,
+                row * cell_h + (cell_h - patch_hw[0]) // 2,
+            )
         )
     return origins
 
@@ -208,9 +220,17 @@ class PeakSampler:
 def measure_in_fresh_process(slide_path: Path, weights: Path) -> dict:
     """Run ``measure`` in a child process, so that earlier work does not count in its peak."""
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--measure", str(slide_path),
-         "--weights", str(weights)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--measure",
+            str(slide_path),
+            "--weights",
+            str(weights),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(completed.stdout)
 
@@ -235,7 +255,8 @@ def run(options: argparse.Namespace) -> dict:
     small = measure_in_fresh_process(sample_path, options.weights)
     large = measure_in_fresh_process(large_path, options.weights)
     return {
-        "command": command_prefix() + ".venv/bin/python benchmarks/large_slide_memory.py"
+        "command": command_prefix()
+        + ".venv/bin/python benchmarks/large_slide_memory.py"
         + ("" if size_level0 == DEFAULT_SIZE else f" --size {size_level0[0]} {size_level0[1]}")
         + ("" if options.copies == 4 else f" --copies {options.copies}"),
         "copies": options.copies,
@@ -273,7 +294,9 @@ def markdown_section(report: dict) -> str:
             f"{row['rss_mib_after_imports']:.0f} | {row['peak_rss_mib_while_segmenting']:.0f} | "
             f"{row['max_rss_mib']:.0f} |"
         )
-    pixels_ratio = (large["width_px"] * large["height_px"]) / (small["width_px"] * small["height_px"])
+    pixels_ratio = (large["width_px"] * large["height_px"]) / (
+        small["width_px"] * small["height_px"]
+    )
     lines += [
         "",
         f"The large slide has {pixels_ratio:.0f} times the pixels of the sample slide and "
@@ -292,13 +315,26 @@ def markdown_section(report: dict) -> str:
 
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, nargs=2, default=DEFAULT_SIZE, metavar=("WIDTH", "HEIGHT"),
-                        help="level-0 size of the large slide")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=DEFAULT_SIZE,
+        metavar=("WIDTH", "HEIGHT"),
+        help="level-0 size of the large slide",
+    )
     parser.add_argument("--copies", type=int, default=4, help="copies of the sample slide on it")
-    parser.add_argument("--weights", type=Path,
-                        default=REPO_ROOT / "var" / "benchmarks" / "whole_slide"
-                        / "model-40-epochs-6144x4608" / "trained.safetensors",
-                        help="demo model weights (benchmarks/whole_slide.py trains and caches them)")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=REPO_ROOT
+        / "var"
+        / "benchmarks"
+        / "whole_slide"
+        / "model-40-epochs-6144x4608"
+        / "trained.safetensors",
+        help="demo model weights (benchmarks/whole_slide.py trains and caches them)",
+    )
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="folder for the slides")
     parser.add_argument("--docs", type=Path, default=DOCS_PATH, help="Markdown file to update")
     parser.add_argument("--no-docs", action="store_true", help="print JSON only")

@@ -32,7 +32,6 @@ from ml.class_aware import ClassAwareSam
 
 from ml.instances import Instance
 from ml.merge import CONFLICT_OVERLAP, DUPLICATE_OVERLAP
-from ml.proposals import ProposalSettings
 from ml.slide import Slide
 from ml.tile_masks import TiledMaskSettings, image_size_in_tile, trace_mask
 from ml.tiling import Tile, tile_grid

@@ -36,7 +36,6 @@ from segment_anything.modeling import Sam
 
 from ml.instances import Instance
 from ml.mask_generation import (
-    GeneratedMasks,
     MaskGenerator,
     build_mask_generator,
     check_generator_options,
@@ -47,6 +46,7 @@ from ml.slide import Slide, WorkingFrame
 from ml.tile_masks import (
     TiledMaskSettings,
     image_size_in_tile,
+    start_tile_read,
     tile_tissue_fraction,
     trace_mask,
 )
@@ -190,7 +190,7 @@ def propose(
     # "read" stage counts only the time spent waiting for pixels.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
         upcoming = iter(with_tissue)
-        next_read = _start_read(reader, slide, frame, next(upcoming, None))
+        next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
         processed = {tile.index for tile in with_tissue}
         for tiles_done, tile in enumerate(tiles, start=1):
             if tile.index not in processed:
@@ -201,7 +201,7 @@ def propose(
                 wait_started = time.perf_counter()
                 rgb = next_read.result()
                 stage_seconds["read"] += time.perf_counter() - wait_started
-                next_read = _start_read(reader, slide, frame, next(upcoming, None))
+                next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
                 candidates.extend(
                     _propose_tile(
                         slide, frame, tile, rgb, generator, settings, tissue, counts,
@@ -230,13 +230,6 @@ def propose(
         overlap_px=overlap_px,
         stage_seconds=stage_seconds,
     )
-
-
-def _start_read(reader: ThreadPoolExecutor, slide: Slide, frame: WorkingFrame, tile: Tile | None):
-    """Start reading ``tile``'s pixels in the reader thread; None when there is no tile."""
-    if tile is None:
-        return None
-    return reader.submit(frame.read, slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
 
 
 def _propose_tile(

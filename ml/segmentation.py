@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -54,6 +55,7 @@ from ml.slide import Slide, WorkingFrame
 from ml.tile_masks import (
     TiledMaskSettings,
     image_size_in_tile,
+    start_tile_read,
     tile_tissue_fraction,
     trace_mask,
 )
@@ -309,25 +311,36 @@ def segment_slide(
 
     candidates: list[LabeledInstance] = []
     stopped = False
-    for tiles_done, tile in enumerate(tiles, start=1):
-        if should_stop is not None and should_stop():
-            stopped = True
-            counts["tiles_not_reached"] = len(tiles) - tiles_done + 1
-            logger.info(
-                "Segmentation of %s stopped on request before tile %d of %d",
-                slide.info.path.name, tiles_done, len(tiles),
-            )
-            break
-        if tile_tissue_fraction(tile, frame, tissue) < settings.min_tile_tissue_fraction:
-            counts["tiles_skipped_no_tissue"] += 1
-            logger.debug("Tile %d skipped: too little tissue", tile.index)
-        else:
-            counts["tiles_processed"] += 1
-            candidates.extend(
-                _segment_tile(slide, frame, tile, class_aware, settings, tissue, counts)
-            )
-        if progress is not None:
-            progress(tiles_done, len(tiles))
+    with_tissue = [
+        tile for tile in tiles
+        if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
+    ]
+    processed = {tile.index for tile in with_tissue}
+    # One reader thread reads the next tile with tissue while the model works on this one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
+        upcoming = iter(with_tissue)
+        next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
+        for tiles_done, tile in enumerate(tiles, start=1):
+            if should_stop is not None and should_stop():
+                stopped = True
+                counts["tiles_not_reached"] = len(tiles) - tiles_done + 1
+                logger.info(
+                    "Segmentation of %s stopped on request before tile %d of %d",
+                    slide.info.path.name, tiles_done, len(tiles),
+                )
+                break
+            if tile.index not in processed:
+                counts["tiles_skipped_no_tissue"] += 1
+                logger.debug("Tile %d skipped: too little tissue", tile.index)
+            else:
+                counts["tiles_processed"] += 1
+                rgb = next_read.result()
+                next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
+                candidates.extend(
+                    _segment_tile(slide, frame, tile, rgb, class_aware, settings, tissue, counts)
+                )
+            if progress is not None:
+                progress(tiles_done, len(tiles))
 
     merged = merge_labeled_instances(candidates)
     counts["dropped_merge_duplicate"] = len(merged.dropped_duplicate)
@@ -405,13 +418,13 @@ def _segment_tile(
     slide: Slide,
     frame: WorkingFrame,
     tile: Tile,
+    rgb: np.ndarray,
     model: ClassAwareSam,
     settings: SegmentationSettings,
     tissue: TissueMask,
     counts: dict[str, int],
 ) -> list[LabeledInstance]:
-    """Prompt one tile, filter its masks and return its labeled instances, updating ``counts``."""
-    rgb = frame.read(slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
+    """Prompt one tile's pixels, filter the masks and return the labeled instances, updating ``counts``."""
     size = model.image_size
     device = next(model.parameters()).device
     interpolation = cv2.INTER_AREA if size < tile.w_px else cv2.INTER_LINEAR

@@ -5,6 +5,7 @@
   how much of it is tissue.
 - ``trace_mask``: one tile mask to a level-0 polygon, through the filters both runs apply
   after a mask is kept (largest part, minimum area, slide bounds, repair, tissue).
+- ``start_tile_read``: read the next tile in a thread while the model works on this one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,6 +33,15 @@ from ml.polygons import (
 from ml.slide import MPP_MAX, MPP_MIN, Slide, WorkingFrame
 from ml.tiling import Tile, overlap_for_max_area
 from ml.tissue import TissueMask
+
+
+def start_tile_read(
+    reader: ThreadPoolExecutor, slide: Slide, frame: WorkingFrame, tile: Tile | None
+) -> Future | None:
+    """Start reading ``tile``'s RGB pixels in ``reader``'s thread; None when there is no tile."""
+    if tile is None:
+        return None
+    return reader.submit(frame.read, slide, tile.x_px, tile.y_px, tile.w_px, tile.h_px)
 
 
 @dataclass(frozen=True)

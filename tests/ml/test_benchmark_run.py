@@ -121,3 +121,24 @@ def test_reference_tiles_overlap_half_a_tile():
     tiles = reference_tiles(3000, 1024, 1024)
     assert [tile.x_px for tile in tiles] == [0, 512, 1024, 1536, 1976]
     assert {tile.y_px for tile in tiles} == {0}
+
+
+def test_merge_only_writes_its_own_section(tmp_path):
+    from benchmarks.run import MERGE_SECTION_TITLE, merge_section
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n", encoding="utf-8")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert main(["--merge-only", "300", "--merge-reference-instances", "50",
+                     "--docs", str(docs)]) == 0
+    report = json.loads(output.getvalue())
+    # Only the full-size run of 100 000 instances updates the docs.
+    assert docs.read_text(encoding="utf-8") == "# Benchmarks\n"
+    assert report["instances"] == 300
+    assert report["same_kept"] is True
+
+    section = merge_section(report, "the command")
+    assert section.startswith(MERGE_SECTION_TITLE + "\n")
+    assert f"took {report['seconds']:.2f} s and kept {report['kept']}" in section
+    assert "`the command`" in section

@@ -14,13 +14,8 @@ import torch
 from safetensors.torch import save_file
 from segment_anything import SamPredictor
 
-from benchmarks.large_slide_memory import (
-    MPP,
-    main as large_slide_main,
-    measure,
-    spread_origins,
-    write_large_slide,
-)
+from benchmarks import large_slide_memory
+from benchmarks.large_slide_memory import MPP, measure, spread_origins, write_large_slide
 from benchmarks.reference_proposals import ClassAwareAsSam
 from benchmarks.whole_slide import SECTION_TITLE, main
 from ml.demo_model import build_demo_model
@@ -44,9 +39,7 @@ def test_adapter_returns_model_logits(demo_model):
     with torch.no_grad():
         predictor.set_image(image)
         _, ious, low_res = predictor.predict_torch(points, labels, multimask_output=True)
-        embedding = demo_model.embed_images(
-            torch.from_numpy(image).permute(2, 0, 1)[None].float()
-        )
+        embedding = demo_model.embed_images(torch.from_numpy(image).permute(2, 0, 1)[None].float())
         expected = demo_model.predict(embedding, point_coords=points, point_labels=labels)
 
     assert low_res.shape == (3, 1, 64, 64)
@@ -78,10 +71,19 @@ def test_whole_slide_report_on_a_small_slide(tmp_path):
     docs.write_text("# Benchmarks\n\n## Other section\n\nKept.\n", encoding="utf-8")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        status = main([
-            "--size", "1024", "768", "--epochs", "1", "--work-dir", str(tmp_path / "work"),
-            "--docs", str(docs),
-        ])
+        status = main(
+            [
+                "--size",
+                "1024",
+                "768",
+                "--epochs",
+                "1",
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--docs",
+                str(docs),
+            ]
+        )
     report = json.loads(output.getvalue())
 
     assert status == 0
@@ -92,11 +94,17 @@ def test_whole_slide_report_on_a_small_slide(tmp_path):
     assert reference["prompts"] == 32 * 32
     assert ours["tiles_total"] == 1
     assert ours["prompts"] == 16 * 16 * ours["tiles_processed"]
-    assert variants["ours_reference_points"]["prompts"] == 32 * 32 * ours["tiles_processed"]
+    assert variants["ours_reference_grid"]["prompts"] == 32 * 32 * ours["tiles_processed"]
+    assert variants["ours_reference_grid"]["overlap_px"] == reference["overlap_px"] == 128
     assert variants["ours_skipping"]["prompts"] <= ours["prompts"]
     assert reference["correct_instances"] <= reference["instances"]
     for column in variants.values():
-        assert column["speedup"] == pytest.approx(reference["seconds"] / column["seconds"], rel=1e-2)
+        assert column["speedup"] == pytest.approx(
+            reference["seconds"] / column["seconds"], rel=1e-2
+        )
+        assert column["cpu_speedup"] == pytest.approx(
+            reference["cpu_seconds"] / column["cpu_seconds"], rel=1e-2
+        )
         for value in column["recall"].values():
             assert value is None or 0.0 <= value <= 1.0
     text = docs.read_text(encoding="utf-8")
@@ -105,8 +113,18 @@ def test_whole_slide_report_on_a_small_slide(tmp_path):
     # A second run reuses the trained weights instead of training again.
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        main(["--size", "1024", "768", "--epochs", "1", "--work-dir", str(tmp_path / "work"),
-              "--no-docs"])
+        main(
+            [
+                "--size",
+                "1024",
+                "768",
+                "--epochs",
+                "1",
+                "--work-dir",
+                str(tmp_path / "work"),
+                "--no-docs",
+            ]
+        )
     assert json.loads(output.getvalue())["training_seconds"] is None
 
 
@@ -143,7 +161,9 @@ def test_memory_measurement_segments_the_written_slide(tmp_path: Path, demo_mode
     path = tmp_path / "large.tiff"
     write_large_slide(path, (3072, 2048), patch, spread_origins((3072, 2048), (600, 800), 1))
     weights = tmp_path / "demo.safetensors"
-    save_file({name: value.contiguous() for name, value in demo_model.state_dict().items()}, weights)
+    save_file(
+        {name: value.contiguous() for name, value in demo_model.state_dict().items()}, weights
+    )
 
     row = measure(path, weights)
 
@@ -155,6 +175,6 @@ def test_memory_measurement_segments_the_written_slide(tmp_path: Path, demo_mode
 
 
 def test_memory_benchmark_needs_weights(tmp_path: Path, capsys):
-    status = large_slide_main(["--weights", str(tmp_path / "missing.safetensors"), "--no-docs"])
+    status = large_slide_memory.main(["--weights", str(tmp_path / "missing.safetensors"), "--no-docs"])
     assert status == 2
     assert "missing.safetensors do not exist" in capsys.readouterr().err
