@@ -293,10 +293,10 @@ def markdown_section(report: dict) -> str:
         "slide with another random layout in one process. Ours is "
         "`ml.segmentation.segment_slide` as the segment task runs it, and two variants of it. "
         "The reference is segment-anything's `SamAutomaticMaskGenerator` driving the same "
-        "model through `ClassAwareAsSam` (one mask per prompt, the background and "
-        "class-probability filters folded into the predicted IoU), on every tile of a grid "
-        "with 50 % overlap, followed by the same size, tissue and tracing rules and the "
-        "pairwise merge.",
+        "model through `ClassAwareAsSam`. That adapter gives one mask per prompt and folds the "
+        "background and class-probability filters into the predicted IoU. The reference runs "
+        "on every tile of a grid with 50 % overlap, then applies the same size, tissue and "
+        "tracing rules and the pairwise merge.",
         "",
         f"- Command: `{report['command']}`",
         f"- Machine: {report['machine']}. Other jobs may have shared the two cores, and the "
