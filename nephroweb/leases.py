@@ -8,14 +8,24 @@ task whose worker died can be taken over once the lease has expired.
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-LEASE_S = 300
+
+def lease_seconds() -> int:
+    """Return how long a lease lasts without renewal (``NEPHROWEB_TASK_LEASE_S``)."""
+    return settings.NEPHROWEB_TASK_LEASE_S
 
 
-def acquire_lease(model, pk: int, owner: str, seconds: int = LEASE_S) -> bool:
+def renew_interval_seconds() -> float:
+    """Return how often a worker renews its lease: a third of the lease, at most 30 s."""
+    return min(30.0, lease_seconds() / 3)
+
+
+def acquire_lease(model, pk: int, owner: str, seconds: int | None = None) -> bool:
     """Take the lease of row ``pk`` for ``owner`` unless another owner holds an unexpired one."""
+    seconds = lease_seconds() if seconds is None else seconds
     now = timezone.now()
     updated = model.objects.filter(
         Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now) | Q(lease_owner=owner),
@@ -24,7 +34,8 @@ def acquire_lease(model, pk: int, owner: str, seconds: int = LEASE_S) -> bool:
     return updated == 1
 
 
-def renew_lease(model, pk: int, owner: str, seconds: int = LEASE_S) -> None:
+def renew_lease(model, pk: int, owner: str, seconds: int | None = None) -> None:
+    seconds = lease_seconds() if seconds is None else seconds
     model.objects.filter(pk=pk, lease_owner=owner).update(
         lease_expires_at=timezone.now() + timedelta(seconds=seconds)
     )
@@ -32,3 +43,11 @@ def renew_lease(model, pk: int, owner: str, seconds: int = LEASE_S) -> None:
 
 def release_lease(model, pk: int, owner: str) -> None:
     model.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+def retry_countdown(model, pk: int) -> float:
+    """Return the seconds until row ``pk``'s lease expires, plus one; 1 when it has none."""
+    expires_at = model.objects.filter(pk=pk).values_list("lease_expires_at", flat=True).first()
+    if expires_at is None:
+        return 1.0
+    return max(0.0, (expires_at - timezone.now()).total_seconds()) + 1.0

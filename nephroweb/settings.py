@@ -186,6 +186,14 @@ REST_FRAMEWORK = {
 # Redis: the Celery broker and the Channels layer. Without it (demo) Celery uses a
 # file-system broker and Channels an in-process layer, so worker progress reaches the
 # browser through its periodic resynchronisation from the API instead of the socket.
+# A worker renews the lease on its task row while it works; another worker may take the
+# task over once the lease is this many seconds past its last renewal (nephroweb/leases.py).
+NEPHROWEB_TASK_LEASE_S = env_number("NEPHROWEB_TASK_LEASE_S", 300, int)
+if NEPHROWEB_TASK_LEASE_S < 3:
+    raise ImproperlyConfigured(
+        f"NEPHROWEB_TASK_LEASE_S={NEPHROWEB_TASK_LEASE_S} is too short; use at least 3 seconds."
+    )
+
 REDIS_URL = env_str("REDIS_URL")
 BROKER_DIR = DATA_DIR / "broker"
 

@@ -9,7 +9,10 @@ import torch
 from celery import shared_task
 from django.conf import settings
 
+from nephroweb.leases import retry_countdown
+
 from . import services
+from .models import ProposalRun
 
 logger = logging.getLogger(__name__)
 
@@ -18,17 +21,31 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@shared_task(name="apps.annotations.tasks.run_proposals")
-def run_proposals(run_id: int) -> None:
+# Limitation: a run taken over after its worker died is computed again from its first tile.
+def _retry_when_lease_expires(task, run_id: int) -> None:
+    """Retry ``task`` when another worker's lease on the run would expire.
+
+    By then that worker has finished the run, so the retry has nothing to do, or it
+    died, so the retry runs it again from the first tile.
+    """
+    countdown = retry_countdown(ProposalRun, run_id)
+    logger.info("Run %s: retrying in %.0f s, when the lease expires", run_id, countdown)
+    raise task.retry(countdown=countdown)
+
+
+@shared_task(bind=True, name="apps.annotations.tasks.run_proposals", max_retries=None)
+def run_proposals(self, run_id: int) -> None:
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
-    services.execute_proposal_run(run_id, owner=_worker_id())
+    if services.execute_proposal_run(run_id, owner=_worker_id()) is None:
+        _retry_when_lease_expires(self, run_id)
 
 
-@shared_task(name="apps.annotations.tasks.run_segmentation")
-def run_segmentation(run_id: int) -> None:
+@shared_task(bind=True, name="apps.annotations.tasks.run_segmentation", max_retries=None)
+def run_segmentation(self, run_id: int) -> None:
     from .segmentation import execute_segmentation_run
 
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
-    execute_segmentation_run(run_id, owner=_worker_id())
+    if execute_segmentation_run(run_id, owner=_worker_id()) is None:
+        _retry_when_lease_expires(self, run_id)

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.accounts import audit
 from ml.errors import CheckpointError, NephrowebError, SettingsError
-from nephroweb.leases import acquire_lease, release_lease, renew_lease
+from nephroweb.leases import acquire_lease, release_lease, renew_interval_seconds, renew_lease
 from nephroweb.time_remaining import estimate_seconds_remaining
 
 from . import snapshots
@@ -25,7 +25,6 @@ from .models import ModelVersion, TrainingSnapshot
 
 logger = logging.getLogger(__name__)
 
-LEASE_RENEW_INTERVAL_S = 30.0
 TRAINING_GROUP = "training"
 # SAM's input side: a crop of this size reaches the image encoder without resizing.
 DEFAULT_CROP_PX = 1024
@@ -276,7 +275,7 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     elif version.base_checkpoint == EFFICIENTNET_BASE:
         model = _model_from_efficientnet(version, config.seed)
     else:
-        model = _model_from_sam_checkpoint(version)
+        model = _model_from_sam_checkpoint(version, config.seed)
 
     samples = snapshots.training_samples(version.snapshot, version.mpp, version.crop_px)
     if not samples.train:
@@ -310,7 +309,7 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
     def progress(epoch: int, optimizer_step: int, metrics) -> None:
         now = time.monotonic()
         epoch_end = "train_loss" in metrics
-        if epoch_end or now - last_renewal[0] >= LEASE_RENEW_INTERVAL_S:
+        if epoch_end or now - last_renewal[0] >= renew_interval_seconds():
             last_renewal[0] = now
             renew_lease(ModelVersion, version.pk, owner)
         if not epoch_end:
@@ -363,8 +362,14 @@ def _model_from_efficientnet(version: ModelVersion, seed: int):
     return model
 
 
-def _model_from_sam_checkpoint(version: ModelVersion):
-    """Start a class-aware SAM from the version's SAM checkpoint (Meta's .pth format)."""
+def _model_from_sam_checkpoint(version: ModelVersion, seed: int):
+    """Start a class-aware SAM from the version's SAM checkpoint (Meta's .pth format).
+
+    The class token and class head, which SAM lacks, start from random weights drawn
+    from ``seed``, so two runs of the same version start from the same model.
+    """
+    import torch
+
     from apps.annotations.services import load_model, resolve_checkpoint_for
     from ml.class_aware import from_sam
 
@@ -372,7 +377,9 @@ def _model_from_sam_checkpoint(version: ModelVersion):
     loaded = load_model(checkpoint, None)
     version.base_checkpoint = str(checkpoint)
     version.base_checkpoint_sha256 = loaded.sha256 or ""
-    model, _ = from_sam(loaded.model, version.class_names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, _ = from_sam(loaded.model, version.class_names)
     return model
 
 

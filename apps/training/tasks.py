@@ -1,5 +1,6 @@
 """Celery task of model training; it loads an id, calls the service and returns."""
 
+import logging
 import os
 import socket
 import uuid
@@ -7,15 +8,27 @@ import uuid
 from celery import shared_task
 from django.conf import settings
 
+from nephroweb.leases import retry_countdown
+
 from . import services
+from .models import ModelVersion
+
+logger = logging.getLogger(__name__)
 
 
-@shared_task(name="apps.training.tasks.run_training")
-def run_training(version_id: int) -> None:
-    """Train one model version; a re-delivered task skips or resumes, never repeats."""
+@shared_task(bind=True, name="apps.training.tasks.run_training", max_retries=None)
+def run_training(self, version_id: int) -> None:
+    """Train one model version; a re-delivered task resumes, never runs twice at once.
+
+    A delivery that finds another worker's lease is retried when that lease would expire,
+    so a version whose worker died is resumed by the retry.
+    """
     import torch
 
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    services.execute_training(version_id, owner=owner)
+    if services.execute_training(version_id, owner=owner) is None:
+        countdown = retry_countdown(ModelVersion, version_id)
+        logger.info("Model version %s: retrying in %.0f s, when the lease expires", version_id, countdown)
+        raise self.retry(countdown=countdown)

@@ -96,6 +96,39 @@ def test_run_held_by_another_worker_is_skipped(cmu_slide, fast_proposals):
     assert ProposalRun.objects.get(pk=run.pk).status == ProposalRun.Status.QUEUED
 
 
+def test_run_of_a_dead_worker_restarts_from_first_tile(cmu_slide, fast_proposals, monkeypatch):
+    # Limitation of apps/annotations/tasks.py: no per-tile journal, so a run taken over
+    # after its worker died is computed again from its first tile.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    ProposalRun.objects.filter(pk=run.pk).update(
+        status=ProposalRun.Status.RUNNING, tiles_done=3, tiles_total=4,
+        lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+    progress = []
+    original = services._progress_reporter
+
+    def recording_reporter(run, owner):
+        report = original(run, owner)
+
+        def wrapped(tiles_done, tiles_total):
+            progress.append(tiles_done)
+            report(tiles_done, tiles_total)
+
+        return wrapped
+
+    monkeypatch.setattr(services, "_progress_reporter", recording_reporter)
+    taken_over = services.execute_proposal_run(run.pk, owner="worker-b")
+
+    assert taken_over.status == ProposalRun.Status.SUCCEEDED
+    assert progress[0] == 1
+    assert taken_over.tiles_done == taken_over.tiles_total == progress[-1]
+    assert taken_over.lease_owner == ""
+
+
 def test_missing_checkpoint_fails_with_supply_hint(cmu_slide, settings, tmp_path):
     import socket
 

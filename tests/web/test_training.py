@@ -329,6 +329,43 @@ def test_version_leased_by_another_worker_is_skipped(annotated, data_dir):
     assert (version.status, version.lease_owner) == ("queued", "first-worker")
 
 
+def test_delivery_during_a_live_lease_is_retried(annotated, data_dir, settings):
+    from celery.exceptions import Retry
+
+    from apps.training.tasks import run_training
+    from nephroweb.leases import retry_countdown
+
+    settings.NEPHROWEB_TASK_LEASE_S = 60
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    version = services.start_training(snapshot, None, enqueue=False)
+    assert retry_countdown(ModelVersion, version.pk) == 1.0
+    assert services._acquire_lease(version.pk, "first-worker")
+
+    # The retry comes one second after the lease would expire.
+    assert 60.0 < retry_countdown(ModelVersion, version.pk) <= 61.0
+    with pytest.raises(Retry):
+        run_training(version.pk)
+    version.refresh_from_db()
+    assert (version.status, version.lease_owner) == ("queued", "first-worker")
+
+
+def test_same_seed_gives_the_same_starting_model(annotated, data_dir, settings, tiny_checkpoint):
+    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    snapshot = snapshots.build_snapshot(None, seed=0, validation_fraction=0.0)
+    version = services.start_training(snapshot, None, enqueue=False)
+
+    torch.manual_seed(1)
+    first = services._model_from_sam_checkpoint(version, seed=5).state_dict()
+    torch.manual_seed(2)
+    second = services._model_from_sam_checkpoint(version, seed=5).state_dict()
+    other = services._model_from_sam_checkpoint(version, seed=6).state_dict()
+
+    # The global random state does not matter, the seed does (the class head is new).
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    head = "mask_decoder.class_prediction_head.layers.0.weight"
+    assert not torch.equal(first[head], other[head])
+
+
 # ---------------------------------------------------------------------------- base versions
 
 # Classes of the saved base model: two that the snapshot has, in another order, and one

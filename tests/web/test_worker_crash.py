@@ -1,0 +1,121 @@
+"""A training run survives a real Celery worker killed with SIGKILL in the middle of it.
+
+Worker A trains until the first epoch checkpoint is written and is then killed without
+warning. The task was acknowledged late, so Redis delivers it again once its visibility
+timeout has passed; worker B waits for A's lease to expire, resumes from the last epoch
+checkpoint and finishes. The result must equal an uninterrupted run of the same version.
+"""
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+from apps.training import services, snapshots
+from apps.training.models import ModelVersion
+from tests.processes import celery_worker, child_environment
+from tests.web.test_training import CROP_PX, FAST_CONFIG, WORKING_MPP, _instance, _slide
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+EPOCHS = 30
+FINISHED = {ModelVersion.Status.SUCCEEDED, ModelVersion.Status.FAILED, ModelVersion.Status.CANCELLED}
+# Short enough for a test; a deployment keeps the defaults (docs/configuration.md).
+VISIBILITY_TIMEOUT_S = "4"
+LEASE_S = "6"
+
+
+def _wait_for(condition, timeout_s: float, what: str, log_path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"Timed out after {timeout_s} s waiting for {what}; see {log_path}")
+
+
+@pytest.fixture
+def snapshot(shared_data):
+    slide_a = _slide(shared_data, "a", "P1")
+    slide_b = _slide(shared_data, "b", "P2")
+    _instance(slide_a, (300, 300, 340, 340), "glomerulus")
+    _instance(slide_a, (345, 300, 385, 340), "vessel")
+    _instance(slide_b, (1000, 1000, 1050, 1050), "proximal tubule")
+    _instance(slide_b, (1200, 1200, 1240, 1240), "distal tubule")
+    return snapshots.build_snapshot(None, seed=1, validation_fraction=0.5)
+
+
+def _start(snapshot, *, enqueue: bool) -> ModelVersion:
+    return services.start_training(
+        snapshot, None,
+        config_overrides={**FAST_CONFIG, "epochs": EPOCHS, "early_stopping_patience": None},
+        mpp=WORKING_MPP, crop_px=CROP_PX, enqueue=enqueue,
+    )
+
+
+def test_training_resumes_after_worker_is_killed(
+    snapshot, redis_url, tiny_checkpoint, tmp_path, settings
+):
+    settings.DATA_DIR = tmp_path
+    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    env = child_environment(
+        tmp_path,
+        REDIS_URL=redis_url,
+        NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
+        NEPHROWEB_TASK_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S,
+        NEPHROWEB_TASK_LEASE_S=LEASE_S,
+        NEPHROWEB_TORCH_THREADS="1",
+    )
+
+    def state():
+        return ModelVersion.objects.get(pk=version.pk)
+
+    log_a, log_b = tmp_path / "worker-a.log", tmp_path / "worker-b.log"
+    with celery_worker(env, log_a) as worker_a:
+        version = _start(snapshot, enqueue=True)  # commits, then enqueues on Redis
+        _wait_for(lambda: len(state().metrics) >= 1, 300, "the first epoch", log_a)
+        os.kill(worker_a.pid, signal.SIGKILL)
+        worker_a.wait(timeout=10)
+
+    killed = state()
+    epochs_before_kill = [row["epoch"] for row in killed.metrics]
+    assert killed.status == ModelVersion.Status.RUNNING
+    assert killed.lease_owner != ""
+    assert 1 <= len(epochs_before_kill) < EPOCHS
+
+    with celery_worker(env, log_b):
+        finished = _wait_for(
+            lambda: (row := state()).status in FINISHED and row,
+            300, "worker B to finish the run", log_b,
+        )
+
+    assert finished.status == ModelVersion.Status.SUCCEEDED, finished.message
+    assert [row["epoch"] for row in finished.metrics] == list(range(1, EPOCHS + 1))
+    assert finished.lease_owner == ""
+    # Worker B resumed after the epochs that worker A had checkpointed.
+    resumed = re.search(r"for epochs (\d+)\.\.(\d+)", log_b.read_text(errors="replace"))
+    assert resumed, "worker B logged no training start"
+    assert int(resumed.group(1)) >= len(epochs_before_kill) + 1 >= 2
+    assert int(resumed.group(2)) == EPOCHS
+    # The epochs that worker A finished kept their metrics.
+    assert finished.metrics[: len(epochs_before_kill)] == killed.metrics
+
+    # The same version trained without interruption, in this process on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        uninterrupted = services.execute_training(_start(snapshot, enqueue=False).pk, owner="test")
+    finally:
+        torch.set_num_threads(threads)
+    assert uninterrupted.status == ModelVersion.Status.SUCCEEDED, uninterrupted.message
+    assert [row["epoch"] for row in uninterrupted.metrics] == list(range(1, EPOCHS + 1))
+    for resumed_row, plain_row in zip(finished.metrics, uninterrupted.metrics, strict=True):
+        assert resumed_row["train_loss"] == pytest.approx(plain_row["train_loss"], rel=1e-5), (
+            resumed_row["epoch"], [r["train_loss"] for r in finished.metrics][:5],
+            [r["train_loss"] for r in uninterrupted.metrics][:5], epochs_before_kill,
+        )
+    assert finished.weights_sha256 == uninterrupted.weights_sha256
