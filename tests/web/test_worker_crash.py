@@ -2,8 +2,8 @@
 
 Worker A trains until the first epoch checkpoint is written and is then killed without
 warning. The task was acknowledged late, so Redis delivers it again once its visibility
-timeout has passed; worker B waits for A's lease to expire, resumes from the last epoch
-checkpoint and finishes. The result must equal an uninterrupted run of the same version.
+timeout has passed. Worker B takes the run over when A's lease has expired, resumes from
+the last epoch checkpoint and finishes. The result must equal an uninterrupted run.
 """
 
 import os
@@ -28,14 +28,16 @@ VISIBILITY_TIMEOUT_S = "4"
 LEASE_S = "6"
 
 
-def _wait_for(condition, timeout_s: float, what: str, log_path):
+def _wait_for(condition, timeout_s: float, description: str, log_path):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(0.2)
-    raise AssertionError(f"Timed out after {timeout_s} s waiting for {what}; see {log_path}")
+    raise AssertionError(
+        f"Timed out after {timeout_s} s waiting for {description}; see {log_path}"
+    )
 
 
 @pytest.fixture
