@@ -40,12 +40,14 @@ test: env frontend browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 # Every speed and memory benchmark, each updating its section of docs/benchmarks.md
-# (about 30 minutes on 2 CPU cores). The API latency run needs the PostgreSQL server.
+# (about 35 minutes on 2 CPU cores). The API latency and review load runs need the
+# PostgreSQL server.
 benchmarks: env
 	OMP_NUM_THREADS=1 $(PY) benchmarks/run.py --quick --points-per-side 16
 	OMP_NUM_THREADS=1 $(PY) benchmarks/whole_slide.py
 	OMP_NUM_THREADS=1 $(PY) benchmarks/large_slide_memory.py
 	DATABASE_URL=$(TEST_DATABASE_URL) OMP_NUM_THREADS=1 $(PY) benchmarks/api_latency.py --write-docs
+	DATABASE_URL=$(TEST_DATABASE_URL) OMP_NUM_THREADS=1 $(PY) benchmarks/review_load.py --write-docs
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist

@@ -130,11 +130,13 @@ TEMPLATES = [
 ]
 
 # Database: PostgreSQL from DATABASE_URL; SQLite (WAL, so the demo's worker and web
-# server can write at once) only as the demo default.
+# server can write at once) only as the demo default. Connections are closed after each
+# request: under ASGI every request may run on another thread, and persistent connections
+# piled up until PostgreSQL refused new clients (benchmarks/review_load.py, 3 reviewers).
 DATABASES = {
     "default": dj_database_url.parse(
         env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'nephroweb.sqlite3'}"),
-        conn_max_age=60,
+        conn_max_age=0,
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
