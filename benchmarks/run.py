@@ -348,7 +348,7 @@ def _rounded(seconds: float | None) -> float | None:
 def _ratio(reference_seconds: float | None, ours_seconds: float | None) -> float | None:
     if reference_seconds is None or not ours_seconds:
         return None
-    return round(reference_seconds / ours_seconds, 2)
+    return round(reference_seconds / ours_seconds, 3)
 
 
 def markdown_section(report: dict) -> str:

@@ -325,22 +325,22 @@ def markdown_section(report: dict) -> str:
         row("**total s**", [f"{column['seconds']:.1f}" for column in columns]),
         row(
             "reference s / this",
-            ["1.0"] + [f"{column['speedup']:.1f}" for column in columns[1:]],
+            ["(itself)"] + [f"{column['speedup']:.1f}" for column in columns[1:]],
         ),
         row("CPU s of this process", [f"{column['cpu_seconds']:.1f}" for column in columns]),
         row(
             "**reference CPU s / this**",
-            ["1.0"] + [f"**{column['cpu_speedup']:.1f}**" for column in columns[1:]],
+            ["(itself)"] + [f"**{column['cpu_speedup']:.1f}**" for column in columns[1:]],
         ),
         row("instances kept", [column["instances"] for column in columns]),
         row(
             "recall of the reference's instances, IoU 0.8",
-            ["1.000"]
+            ["(itself)"]
             + [_share(column["recall"]["of_reference_at_iou80"]) for column in columns[1:]],
         ),
         row(
             "recall of the reference's correct instances, IoU 0.8",
-            ["1.000"]
+            ["(itself)"]
             + [_share(column["recall"]["of_reference_correct_at_iou80"]) for column in columns[1:]],
         ),
         row(

@@ -50,6 +50,11 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.amg import batched_mask_to_box, build_point_grid
 
 from ml.errors import SettingsError
+from ml.mask_generator_options import (  # noqa: F401  re-exported for callers
+    ENCODER_DTYPES,
+    MASK_GENERATORS,
+    check_generator_options,
+)
 from ml.two_way_transformer import (
     forward_shared_image,
     prompts_per_chunk,
@@ -58,8 +63,6 @@ from ml.two_way_transformer import (
 
 logger = logging.getLogger(__name__)
 
-MASK_GENERATORS = ("fast", "reference")
-ENCODER_DTYPES = ("float32", "bfloat16")
 
 # Logit offset of the stability score, as SamAutomaticMaskGenerator's default
 # stability_score_offset in segment-anything 1.0. The mask threshold is Sam.mask_threshold.
@@ -115,23 +118,6 @@ class MaskGenerator(Protocol):
     def generate(
         self, image_rgb: np.ndarray, *, max_area_px: float | None = None
     ) -> GeneratedMasks: ...
-
-
-def check_generator_options(mask_generator: str, encoder_dtype: str) -> None:
-    """Raise SettingsError unless the generator name and encoder dtype are supported."""
-    if mask_generator not in MASK_GENERATORS:
-        raise SettingsError(
-            f"mask_generator is {mask_generator!r}, expected one of {list(MASK_GENERATORS)}."
-        )
-    if encoder_dtype not in ENCODER_DTYPES:
-        raise SettingsError(
-            f"encoder_dtype is {encoder_dtype!r}, expected one of {list(ENCODER_DTYPES)}."
-        )
-    if mask_generator == "reference" and encoder_dtype != "float32":
-        raise SettingsError(
-            f"encoder_dtype {encoder_dtype!r} needs mask_generator 'fast'. The reference "
-            "generator runs Meta's code unchanged in float32."
-        )
 
 
 @contextlib.contextmanager

@@ -59,7 +59,11 @@ logger = logging.getLogger(__name__)
 STAGES = ("read", "encoder", "mask_generation", "polygons", "merge")
 
 ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(tiles_done, tiles_total)`` after every tile, skipped ones included."""
+"""Called as ``progress(tiles_done, tiles_total)`` after every tile with tissue.
+
+Tiles skipped for too little tissue take no time, so they are not counted: a time
+estimate from the rate of tiles done then holds from the first tile on.
+"""
 
 # Keys of ProposalResult.counts. Every generated mask ends in exactly one of MASK_OUTCOMES.
 MASK_OUTCOMES = (
@@ -151,7 +155,7 @@ def propose(
         sam_model: SAM model (or LoadedSam) in eval mode on the device to run on.
         settings: Validated proposal settings.
         tissue: Tissue mask of the same slide, from ``detect_tissue``.
-        progress: Called after every tile with (tiles_done, tiles_total).
+        progress: Called after every tile with tissue as (tiles done, tiles with tissue).
 
     Cost: one SAM image encoding per processed tile plus ``points_per_side**2`` prompts
     through the mask decoder. On a CPU with vit_b that is tens of seconds per tile
@@ -192,7 +196,7 @@ def propose(
         upcoming = iter(with_tissue)
         next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
         processed = {tile.index for tile in with_tissue}
-        for tiles_done, tile in enumerate(tiles, start=1):
+        for tile in tiles:
             if tile.index not in processed:
                 counts["tiles_skipped_no_tissue"] += 1
                 logger.debug("Tile %d skipped: too little tissue", tile.index)
@@ -208,8 +212,8 @@ def propose(
                         stage_seconds,
                     )
                 )
-            if progress is not None:
-                progress(tiles_done, len(tiles))
+                if progress is not None:
+                    progress(counts["tiles_processed"], len(with_tissue))
 
     merge_started = time.perf_counter()
     merged = merge_instances(candidates)

@@ -65,7 +65,11 @@ from ml.tissue import TissueMask
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(tiles_done, tiles_total)`` after every tile, skipped ones included."""
+"""Called as ``progress(tiles_done, tiles_total)`` after every tile with tissue.
+
+Tiles skipped for too little tissue take no time, so they are not counted: a time
+estimate from the rate of tiles done then holds from the first tile on.
+"""
 
 StopCallback = Callable[[], bool]
 """Polled before every tile. Returning True ends the run after the tiles done so far."""
@@ -279,7 +283,7 @@ def segment_slide(
             the device to run on.
         settings: Validated segmentation settings.
         tissue: Tissue mask of the same slide, from ``detect_tissue``.
-        progress: Called after every tile with (tiles_done, tiles_total).
+        progress: Called after every tile with tissue as (tiles done, tiles with tissue).
         should_stop: Polled before every tile. When it returns True, the run stops and
             returns the merged result of the tiles done so far with ``stopped`` set.
 
@@ -339,8 +343,8 @@ def segment_slide(
                 candidates.extend(
                     _segment_tile(slide, frame, tile, rgb, class_aware, settings, tissue, counts)
                 )
-            if progress is not None:
-                progress(tiles_done, len(tiles))
+                if progress is not None:
+                    progress(counts["tiles_processed"], len(with_tissue))
 
     merged = merge_labeled_instances(candidates)
     counts["dropped_merge_duplicate"] = len(merged.dropped_duplicate)

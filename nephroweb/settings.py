@@ -14,6 +14,9 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from ml.errors import SettingsError
+from ml.mask_generator_options import check_generator_options
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -265,7 +268,21 @@ NEPHROWEB_PROPOSALS = {
     "mask_generator": env_str("NEPHROWEB_MASK_GENERATOR", "fast"),
     "encoder_dtype": env_str("NEPHROWEB_ENCODER_DTYPE", "float32"),
 }
-NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
+try:
+    NEPHROWEB_PROPOSALS.update(json.loads(env_str("NEPHROWEB_PROPOSALS_JSON", "{}")))
+except (json.JSONDecodeError, TypeError, ValueError) as exc:
+    raise ImproperlyConfigured(
+        f"NEPHROWEB_PROPOSALS_JSON must be a JSON object of proposal settings: {exc}."
+    ) from None
+try:
+    check_generator_options(
+        NEPHROWEB_PROPOSALS.get("mask_generator", "fast"),
+        NEPHROWEB_PROPOSALS.get("encoder_dtype", "float32"),
+    )
+except SettingsError as exc:
+    raise ImproperlyConfigured(
+        f"NEPHROWEB_MASK_GENERATOR or NEPHROWEB_ENCODER_DTYPE is invalid: {exc}"
+    ) from None
 # Segmentation runs of a class-aware model version. The working mpp and tile size come
 # from the model version; these keys (any SegmentationSettings field) override them.
 NEPHROWEB_SEGMENTATION = {

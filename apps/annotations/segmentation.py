@@ -179,6 +179,6 @@ def _segment_and_store(run: ProposalRun, report) -> None:
     ])
     stored = services.store_run_instances(
         run, candidates, source=Instance.Source.MODEL, counts=dict(result.counts),
-        tiles_total=result.tiles_total, class_names=list(result.kept_per_class),
+        tiles_total=result.tiles_processed, class_names=list(result.kept_per_class),
     )
     logger.info("Segmentation run %s stored %d labelled proposals", run.pk, stored)

@@ -209,7 +209,7 @@ def store_proposals(run: ProposalRun, result) -> None:
     ]
     store_run_instances(
         run, candidates, source=Instance.Source.SAM, counts=dict(result.counts),
-        tiles_total=result.tiles_total,
+        tiles_total=result.tiles_processed,
     )
 
 
@@ -217,6 +217,8 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
                         tiles_total: int, class_names=()) -> int:
     """Replace the slide's pending instances of ``source`` with ``candidates`` and finish the run.
 
+    ``tiles_total`` is the number of tiles with tissue that the run segmented, the unit
+    of its progress. The counts keep the whole grid (``tiles_total`` there).
     ``candidates`` are (level-0 polygon, extra Instance fields) pairs. Everything happens
     in one transaction. Reviewed instances are never touched, and a candidate that
     overlaps one of them is dropped and counted as ``dropped_overlaps_reviewed``. With

@@ -143,7 +143,7 @@ export class RunPanel {
     this.progress.value = run.tiles_done;
     const left = run.status === "running" ? timeRemainingText(run.seconds_remaining) : "";
     const tiles = run.tiles_total
-      ? ` (${run.tiles_done} / ${run.tiles_total} tiles${left ? `, ${left}` : ""})`
+      ? ` (${run.tiles_done} / ${run.tiles_total} tiles with tissue${left ? `, ${left}` : ""})`
       : "";
     const kind = run.model_version_name
       ? `Segmentation run ${run.id} with ${run.model_version_name}`

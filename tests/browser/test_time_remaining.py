@@ -55,7 +55,7 @@ def test_pages_show_time_left(live_product, browser_page, make_user, shared_data
     page.wait_for_function("document.querySelector('#run-panel').dataset.runStatus === 'running'")
     run_status = page.inner_text("#run-status")
     assert f"SAM proposal run {run_id}: running" in run_status
-    assert f"({UNITS_DONE} / {UNITS_TOTAL} tiles, about 3 min left)" in run_status
+    assert f"({UNITS_DONE} / {UNITS_TOTAL} tiles with tissue, about 3 min left)" in run_status
 
     page.goto(f"{live_product}/training/")
     row = page.locator(f"tr[data-version-id='{version_id}']")

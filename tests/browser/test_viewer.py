@@ -69,5 +69,5 @@ def test_slide_page_shows_tiles_polygons_and_live_proposals(
         timeout=30_000,
     )
     assert page.inner_text("[data-count=stored]") == str(stored)
-    assert f"{run.tiles_total} / {run.tiles_total} tiles" in page.inner_text("#run-status")
+    assert f"{run.tiles_total} / {run.tiles_total} tiles with tissue" in page.inner_text("#run-status")
     page.screenshot(path=str(tmp_path / "slide-page.png"))

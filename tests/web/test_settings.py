@@ -1,0 +1,46 @@
+"""Invalid environment variables stop the settings module with a message naming them."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def import_settings(**variables: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **variables}
+    return subprocess.run(
+        [sys.executable, "-c", "import nephroweb.settings"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"NEPHROWEB_MASK_GENERATOR": "bogus"},
+         "NEPHROWEB_MASK_GENERATOR or NEPHROWEB_ENCODER_DTYPE is invalid: mask_generator is "
+         "'bogus', expected one of ['fast', 'reference']."),
+        ({"NEPHROWEB_ENCODER_DTYPE": "float8"},
+         "encoder_dtype is 'float8', expected one of ['float32', 'bfloat16']."),
+        ({"NEPHROWEB_MASK_GENERATOR": "reference", "NEPHROWEB_ENCODER_DTYPE": "bfloat16"},
+         "encoder_dtype 'bfloat16' needs mask_generator 'fast'."),
+        ({"NEPHROWEB_PROPOSALS_JSON": "[1"},
+         "NEPHROWEB_PROPOSALS_JSON must be a JSON object of proposal settings"),
+        ({"NEPHROWEB_TASK_LEASE_S": "1"},
+         "NEPHROWEB_TASK_LEASE_S=1 is too short; use at least 3 seconds."),
+    ],
+)
+def test_invalid_variable_stops_start_up(variables, message):
+    completed = import_settings(**variables)
+    assert completed.returncode != 0
+    assert "ImproperlyConfigured" in completed.stderr
+    assert message in completed.stderr
+
+
+def test_valid_variables_start():
+    completed = import_settings(NEPHROWEB_MASK_GENERATOR="reference", NEPHROWEB_TASK_LEASE_S="3")
+    assert completed.returncode == 0, completed.stderr
