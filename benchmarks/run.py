@@ -323,6 +323,8 @@ def run_benchmark(options: BenchmarkOptions) -> dict:
         [instance.polygon_level0 for instance in ours],
     )
     report["recall_at_iou_0_8"] = None if recall is None else round(recall, 4)
+    if recall is None:
+        report["recall_note"] = "undefined: the reference kept no instance"
     report["merge_scaling"] = measure_merge_scaling(
         options.merge_instances, options.merge_reference_instances
     )

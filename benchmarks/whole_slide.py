@@ -174,7 +174,13 @@ def run(options: argparse.Namespace) -> dict:
     ]
 
     def recalls(found: list) -> dict:
+        """Return the recalls of ``found``; None where there is nothing to recall (see note)."""
         return {
+            "note": (
+                "undefined where the reference kept no instance or has no correct one"
+                if not reference_polygons or not reference_correct
+                else ""
+            ),
             "of_reference_at_iou80": _rounded(recall_at_iou(reference_polygons, found, RECALL_IOU)),
             "of_reference_at_iou50": _rounded(recall_at_iou(reference_polygons, found, 0.5)),
             "of_reference_correct_at_iou80": _rounded(
