@@ -73,11 +73,25 @@ CSRF_TRUSTED_ORIGINS = [
     o for o in env_str("NEPHROWEB_CSRF_TRUSTED_ORIGINS").split(",") if o
 ]
 
+# A secret key shorter than this is refused in production (Django's own check warns
+# below 50 characters; this refuses the clearly guessable ones).
+MIN_SECRET_KEY_LENGTH = 32
+
 if PRODUCTION:
     if DEBUG:
         raise ImproperlyConfigured("NEPHROWEB_DEBUG must be off in production.")
     if "*" in ALLOWED_HOSTS:
         raise ImproperlyConfigured("NEPHROWEB_ALLOWED_HOSTS must list host names in production, not '*'.")
+    if len(SECRET_KEY) < MIN_SECRET_KEY_LENGTH:
+        raise ImproperlyConfigured(
+            f"NEPHROWEB_SECRET_KEY has {len(SECRET_KEY)} characters; production needs at least "
+            f"{MIN_SECRET_KEY_LENGTH} random ones."
+        )
+    if not env_str("DATABASE_URL").startswith("postgres"):
+        raise ImproperlyConfigured(
+            "NEPHROWEB_PRODUCTION needs DATABASE_URL to name a PostgreSQL database; the "
+            "SQLite default is for the demo only."
+        )
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_CONTENT_TYPE_NOSNIFF = True

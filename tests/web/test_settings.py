@@ -44,3 +44,42 @@ def test_invalid_variable_stops_start_up(variables, message):
 def test_valid_variables_start():
     completed = import_settings(NEPHROWEB_MASK_GENERATOR="reference", NEPHROWEB_TASK_LEASE_S="3")
     assert completed.returncode == 0, completed.stderr
+
+
+PRODUCTION = {
+    "NEPHROWEB_PRODUCTION": "1",
+    "NEPHROWEB_SECRET_KEY": "k" * 50,
+    "NEPHROWEB_ALLOWED_HOSTS": "nephroweb.example.org",
+    "DATABASE_URL": "postgres://nephroweb@db.invalid:5432/nephroweb",
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"NEPHROWEB_DEBUG": "1"}, "NEPHROWEB_DEBUG must be off in production."),
+        ({"NEPHROWEB_SECRET_KEY": ""}, "NEPHROWEB_SECRET_KEY must be set in production."),
+        ({"NEPHROWEB_SECRET_KEY": "short"},
+         "NEPHROWEB_SECRET_KEY has 5 characters; production needs at least 32 random ones."),
+        ({"NEPHROWEB_ALLOWED_HOSTS": "*"},
+         "NEPHROWEB_ALLOWED_HOSTS must list host names in production, not '*'."),
+        ({"DATABASE_URL": ""}, "NEPHROWEB_PRODUCTION needs DATABASE_URL to name a PostgreSQL"),
+    ],
+)
+def test_unsafe_production_settings_refuse_to_start(changes, message):
+    completed = import_settings(**{**PRODUCTION, **changes})
+    assert completed.returncode != 0
+    assert message in completed.stderr
+
+
+def test_production_settings_are_safe():
+    env = {**os.environ, **PRODUCTION}
+    env.pop("NEPHROWEB_DEBUG", None)
+    completed = subprocess.run(
+        [sys.executable, "-c",
+         "import nephroweb.settings as s; print(s.DEBUG, s.SESSION_COOKIE_SECURE, "
+         "s.CSRF_COOKIE_SECURE, 'django.middleware.csrf.CsrfViewMiddleware' in s.MIDDLEWARE)"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == ["False", "True", "True", "True"]
