@@ -329,6 +329,14 @@ def _read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch 2.14's weights-only unpickler reports a byte that is no pickle opcode it
+        # reads as "Unsupported operand N": text, an image or another binary format.
+        if "Unsupported operand" in str(exc):
+            raise CheckpointError(
+                f"SAM checkpoint {checkpoint} is not a PyTorch checkpoint: it is neither a "
+                "torch.save zip archive nor a pickle that torch.load reads. Pass the .pth "
+                "file of an official SAM checkpoint, or download it again."
+            ) from exc
         if "weights only" in str(exc).lower():
             raise CheckpointError(
                 f"SAM checkpoint {checkpoint} is not a plain state dict; refusing to unpickle "

@@ -19,7 +19,7 @@ from ml.annotation_files import AnnotationFileError, read_annotation_bytes
 
 from . import csv_export, segmentation, services
 from .geojson import export_feature_collection
-from .importing import import_annotations
+from .importing import NothingImportedError, import_annotations
 from .models import Instance, ProposalRun
 from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
 from .viewport import viewport_feature_collection
@@ -186,4 +186,6 @@ class AnnotationImportView(APIView):
             raise AnnotationFileError('mapping must be a JSON object of names, e.g. {"Glom": "glomerulus"}.')
         annotations = read_annotation_bytes(upload.read(), Path(upload.name).name)
         report = import_annotations(slide, annotations, user=request.user, mapping=mapping)
+        if report.created == 0:
+            raise NothingImportedError(report)
         return Response(report.as_dict(), status=status.HTTP_201_CREATED)

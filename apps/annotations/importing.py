@@ -8,7 +8,8 @@ its count, so the user can add a mapping: objects are never dropped silently.
 Classified objects become accepted annotations; unclassified ones become pending
 proposals for a reviewer to label. Objects entirely outside the slide are skipped,
 and partly outside ones are clipped to it; both are counted. The import is one
-transaction with one history event per object.
+transaction with one history event per object. An import that creates no object writes
+nothing, not even an audit row, and callers report it with ``nothing_imported_message``.
 """
 
 import logging
@@ -77,6 +78,42 @@ class ImportReport:
         }
 
 
+# Skip reasons quoted in full in the message of an import that created nothing.
+MAX_REASONS_IN_MESSAGE = 3
+
+
+class NothingImportedError(NephrowebError, ValueError):
+    """An import that created no object. ``extra`` is the import report, added to the API body."""
+
+    def __init__(self, report: ImportReport):
+        super().__init__(nothing_imported_message(report))
+        self.extra = report.as_dict()
+
+
+def nothing_imported_message(report: ImportReport) -> str:
+    """Build the message of an import that created nothing, naming the file and the causes."""
+    reasons = []
+    if report.skipped:
+        quoted = "; ".join(
+            f"object {index}: {reason}"
+            for index, reason in report.skipped[:MAX_REASONS_IN_MESSAGE]
+        )
+        more = len(report.skipped) - MAX_REASONS_IN_MESSAGE
+        if more > 0:
+            quoted += f"; {more} more"
+        reasons.append(f"{_objects(len(report.skipped))} skipped ({quoted})")
+    left_out = sum(report.left_out_by_mapping.values())
+    if left_out:
+        reasons.append(f"{_objects(left_out)} left out by the mapping")
+    if not reasons:
+        reasons.append("the file contains no objects")
+    return f"Nothing from {report.source} was imported: {', '.join(reasons)}."
+
+
+def _objects(count: int) -> str:
+    return f"{count} object" if count == 1 else f"{count} objects"
+
+
 def _resolve_classes(annotations: AnnotationFile, mapping: dict[str, str]) -> dict:
     """Return file class name -> product class name ("" to leave out); raise on unknown."""
     by_lower = {c.name.lower(): c.name for c in configured_classes()}
@@ -138,6 +175,12 @@ def import_annotations(slide, annotations: AnnotationFile, *, user, mapping=None
             **geometry_row_fields(geometry, slide.mpp),
         ))
         created[class_name or "(no class)"] += 1
+    report.created_per_class = dict(sorted(created.items()))
+    report.left_out_by_mapping = dict(sorted(left_out.items()))
+    report.skipped.sort()
+    if not rows:
+        logger.info("Imported no objects from %s onto slide %s", report.source, slide.pk)
+        return report
     with transaction.atomic():
         Instance.objects.bulk_create(rows, batch_size=2000)
         InstanceEvent.objects.bulk_create([
@@ -155,8 +198,5 @@ def import_annotations(slide, annotations: AnnotationFile, *, user, mapping=None
             detail={"source": report.source, "format": report.file_format, "created": len(rows)},
         )
     report.created = len(rows)
-    report.created_per_class = dict(sorted(created.items()))
-    report.left_out_by_mapping = dict(sorted(left_out.items()))
-    report.skipped.sort()
     logger.info("Imported %d objects from %s onto slide %s", report.created, report.source, slide.pk)
     return report

@@ -7,7 +7,11 @@ object left out or outside the slide).
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.annotations.importing import UnknownClassesError, import_annotations
+from apps.annotations.importing import (
+    UnknownClassesError,
+    import_annotations,
+    nothing_imported_message,
+)
 from apps.slides.models import Slide
 from ml.annotation_files import read_annotation_file
 from ml.errors import NephrowebError
@@ -65,4 +69,4 @@ class Command(BaseCommand):
         for index, reason in report.skipped:
             self.stderr.write(f"  not imported: object {index}: {reason}")
         if report.created == 0:
-            raise CommandError(f"Nothing from {report.source} was imported.", returncode=1)
+            raise CommandError(nothing_imported_message(report), returncode=1)

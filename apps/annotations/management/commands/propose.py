@@ -35,7 +35,11 @@ class Command(BaseCommand):
             overrides = json.loads(options["settings_json"])
         except json.JSONDecodeError as exc:
             raise CommandError(f"--settings-json is not valid JSON: {exc}") from None
-        if options["points_per_side"]:
+        if not isinstance(overrides, dict):
+            raise CommandError(
+                f"--settings-json is {overrides!r}, expected a JSON object of proposal settings."
+            )
+        if options["points_per_side"] is not None:
             overrides["points_per_side"] = options["points_per_side"]
         try:
             run = services.start_proposal_run(

@@ -14,6 +14,7 @@ import json
 import os
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from apps.training import services, snapshots
 from apps.training.models import ModelVersion, TrainingSnapshot
@@ -60,29 +61,33 @@ class Command(BaseCommand):
         if options["epochs"] is not None:
             overrides["epochs"] = options["epochs"]
         try:
-            # The base version is checked first, so a bad one never leaves a new snapshot behind.
-            base_version = None
-            if options["base_version"] is not None:
-                base_version = self._base_version(options["base_version"])
-                services.check_base_version(base_version, options["checkpoint"])
-            if options["new_snapshot"]:
-                snapshot = snapshots.build_snapshot(
-                    None, seed=options["seed"], validation_fraction=options["validation_fraction"]
+            # One transaction, so a setting that start_training rejects never leaves a new
+            # snapshot behind. The base version is checked before the snapshot is taken.
+            with transaction.atomic():
+                base_version = None
+                if options["base_version"] is not None:
+                    base_version = self._base_version(options["base_version"])
+                    services.check_base_version(base_version, options["checkpoint"])
+                if options["new_snapshot"]:
+                    snapshot = snapshots.build_snapshot(
+                        None, seed=options["seed"],
+                        validation_fraction=options["validation_fraction"],
+                    )
+                else:
+                    snapshot = self._snapshot(options["snapshot"])
+                version = services.start_training(
+                    snapshot, None, base_checkpoint=options["checkpoint"],
+                    config_overrides=overrides, base_version=base_version, name=options["name"],
+                    mpp=options["mpp"], crop_px=options["crop_px"], enqueue=False,
                 )
-                self.stdout.write(
-                    f"snapshot {snapshot.pk}: {sum(snapshot.class_counts.values())} annotations, "
-                    f"{len(snapshot.train_patients)} train and "
-                    f"{len(snapshot.validation_patients)} validation patients"
-                )
-            else:
-                snapshot = self._snapshot(options["snapshot"])
-            version = services.start_training(
-                snapshot, None, base_checkpoint=options["checkpoint"], config_overrides=overrides,
-                base_version=base_version, name=options["name"], mpp=options["mpp"],
-                crop_px=options["crop_px"], enqueue=False,
-            )
         except NephrowebError as exc:
             raise CommandError(str(exc)) from None
+        if options["new_snapshot"]:
+            self.stdout.write(
+                f"snapshot {snapshot.pk}: {sum(snapshot.class_counts.values())} annotations, "
+                f"{len(snapshot.train_patients)} train and "
+                f"{len(snapshot.validation_patients)} validation patients"
+            )
 
         version = services.execute_training(
             version.pk, owner=f"manage.py train:{os.getpid()}", on_epoch=self._print_epoch
