@@ -22,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -334,11 +336,18 @@ synchronous views).
 
 def write_docs(result: dict, path: Path = DOCS_PATH) -> None:
     """Replace the latency section of ``path`` with ``result``, or append one."""
+    write_marked_section(path, docs_section(result), DOCS_BEGIN, DOCS_END)
+
+
+def write_marked_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace the text from ``begin`` to ``end`` in ``path`` with ``section``, or append it.
+
+    ``section`` includes both markers, so a later call finds it again.
+    """
     text = path.read_text()
-    section = docs_section(result)
-    if DOCS_BEGIN in text and DOCS_END in text:
-        head, rest = text.split(DOCS_BEGIN, 1)
-        _, tail = rest.split(DOCS_END, 1)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
@@ -353,6 +362,27 @@ def machine_description() -> str:
 
 
 # ---------------------------------------------------------------------------- database
+
+
+@contextmanager
+def throwaway_database(server_url: str, prefix: str) -> Iterator[Path]:
+    """Create database ``<prefix>_<pid>`` on the server of ``server_url`` and drop it at the end.
+
+    Inside the block DATABASE_URL names the new database and NEPHROWEB_DATA_DIR a new
+    temporary folder, which is yielded; Django is not set up yet.
+    """
+    database = f"{prefix}_{os.getpid()}"
+    with _admin_connection(server_url) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    os.environ["DATABASE_URL"] = server_url.rsplit("/", 1)[0] + "/" + database
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nephroweb.settings")
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as data_dir:
+            os.environ["NEPHROWEB_DATA_DIR"] = data_dir
+            yield Path(data_dir)
+    finally:
+        with _admin_connection(server_url) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def _admin_connection(database_url: str):
@@ -441,19 +471,9 @@ def main(argv=None) -> int:
     server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     if not server_url.startswith("postgres"):
         parser.error(f"DATABASE_URL must name a PostgreSQL server, got {server_url!r}.")
-    database = f"nephroweb_bench_{os.getpid()}"
-    with _admin_connection(server_url) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    os.environ["DATABASE_URL"] = server_url.rsplit("/", 1)[0] + "/" + database
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nephroweb.settings")
     sys.path.insert(0, str(REPO))
-    try:
-        with tempfile.TemporaryDirectory(prefix="nephroweb-bench-") as data_dir:
-            os.environ["NEPHROWEB_DATA_DIR"] = data_dir
-            result = run(args, Path(data_dir))
-    finally:
-        with _admin_connection(server_url) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with throwaway_database(server_url, "nephroweb_bench") as data_dir:
+        result = run(args, data_dir)
     if args.write_docs:
         write_docs(result)
     printed = dict(result, explain={k: v for k, v in result["explain"].items() if k != "plan"})

@@ -38,6 +38,7 @@ import tifffile  # noqa: E402
 
 from benchmarks.learn_ki import DOCS_PATH, command_prefix, machine_description, update_docs  # noqa: E402
 from ml.errors import NephrowebError  # noqa: E402
+from ml.pyramid_tiff import MIN_LEVEL_SIDE_PX, TILE_PX, write_level  # noqa: E402
 from ml.sample_slide import GLASS_RGB, write_sample_slide  # noqa: E402
 
 logger = logging.getLogger("benchmarks.large_slide_memory")
@@ -45,8 +46,6 @@ logger = logging.getLogger("benchmarks.large_slide_memory")
 SECTION_TITLE = "## Memory on a 100 000 x 80 000 px slide"
 WORK_DIR = REPO_ROOT / "var" / "benchmarks" / "large_slide"
 MPP = 0.5
-TILE_PX = 256
-MIN_LEVEL_SIDE_PX = 256
 DEFAULT_SIZE = (100_000, 80_000)
 SAMPLE_SEED = 1
 
@@ -79,19 +78,13 @@ def write_large_slide(
                 )
             )
             origins = [(x // downsample, y // downsample) for x, y in origins_level0]
-            pixels_per_cm = 1e4 / (MPP * downsample)
-            writer.write(
+            write_level(
+                writer,
                 _level_tiles(level_w, level_h, patch, origins),
+                mpp=MPP,
+                downsample=downsample,
                 shape=(level_h, level_w, 3),
                 dtype=np.uint8,
-                tile=(TILE_PX, TILE_PX),
-                photometric="rgb",
-                compression="zlib",
-                compressionargs={"level": 1},
-                resolution=(pixels_per_cm, pixels_per_cm),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if downsample == 1 else 1,
-                metadata=None,
             )
             level_count += 1
             if min(level_w, level_h) // 2 < MIN_LEVEL_SIDE_PX:

@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -38,10 +37,11 @@ if str(REPO) not in sys.path:
 from benchmarks.api_latency import (  # noqa: E402
     DEFAULT_SLIDE,
     DOCS_PATH,
-    _admin_connection,
     machine_description,
     populate_instances,
     summarise,
+    throwaway_database,
+    write_marked_section,
 )
 
 DOCS_BEGIN = "<!-- review-load:begin -->"
@@ -347,15 +347,7 @@ documentation advises for ASGI.
 
 def write_docs(result: dict, path: Path = DOCS_PATH) -> None:
     """Replace the review-load section of ``path`` with ``result``, or append one."""
-    text = path.read_text()
-    section = docs_section(result)
-    if DOCS_BEGIN in text and DOCS_END in text:
-        head, rest = text.split(DOCS_BEGIN, 1)
-        _, tail = rest.split(DOCS_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_marked_section(path, docs_section(result), DOCS_BEGIN, DOCS_END)
 
 
 def main(argv=None) -> int:
@@ -381,18 +373,8 @@ def main(argv=None) -> int:
     server_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     if not server_url.startswith("postgres"):
         parser.error(f"DATABASE_URL must name a PostgreSQL server, got {server_url!r}.")
-    database = f"nephroweb_review_load_{os.getpid()}"
-    with _admin_connection(server_url) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    os.environ["DATABASE_URL"] = server_url.rsplit("/", 1)[0] + "/" + database
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nephroweb.settings")
-    try:
-        with tempfile.TemporaryDirectory(prefix="nephroweb-review-load-") as data_dir:
-            os.environ["NEPHROWEB_DATA_DIR"] = data_dir
-            result = run(args, Path(data_dir))
-    finally:
-        with _admin_connection(server_url) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with throwaway_database(server_url, "nephroweb_review_load") as data_dir:
+        result = run(args, data_dir)
     if args.write_docs:
         write_docs(result)
     print(json.dumps(result, indent=2))

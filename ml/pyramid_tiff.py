@@ -84,19 +84,7 @@ def _write_levels(path: Path, image_rgb: np.ndarray, mpp: float) -> int:
         level = image_rgb
         downsample = 1
         while True:
-            pixels_per_cm = 1e4 / (mpp * downsample)
-            writer.write(
-                level,
-                tile=(TILE_PX, TILE_PX),
-                photometric="rgb",
-                compression="zlib",
-                compressionargs={"level": 1},
-                resolution=(pixels_per_cm, pixels_per_cm),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if downsample == 1 else 1,
-                metadata=None,
-                maxworkers=4,
-            )
+            write_level(writer, level, mpp=mpp, downsample=downsample, maxworkers=4)
             level_count += 1
             height_px, width_px = level.shape[:2]
             if min(width_px, height_px) // 2 < MIN_LEVEL_SIDE_PX:
@@ -105,3 +93,25 @@ def _write_levels(path: Path, image_rgb: np.ndarray, mpp: float) -> int:
                 level, (width_px // 2, height_px // 2), interpolation=cv2.INTER_AREA
             )
             downsample *= 2
+
+
+def write_level(writer: tifffile.TiffWriter, data, *, mpp: float, downsample: int, **options) -> None:
+    """Write one pyramid level as a tiled RGB IFD with the resolution tags OpenSlide reads.
+
+    ``data`` is an (H, W, 3) uint8 array, or an iterator of (TILE_PX, TILE_PX, 3) tiles
+    row by row with ``shape`` and ``dtype`` in ``options``. Level 0 is marked as the full
+    image and the others as reduced ones.
+    """
+    pixels_per_cm = 1e4 / (mpp * downsample)
+    writer.write(
+        data,
+        tile=(TILE_PX, TILE_PX),
+        photometric="rgb",
+        compression="zlib",
+        compressionargs={"level": 1},
+        resolution=(pixels_per_cm, pixels_per_cm),
+        resolutionunit="CENTIMETER",
+        subfiletype=0 if downsample == 1 else 1,
+        metadata=None,
+        **options,
+    )
