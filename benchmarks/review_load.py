@@ -315,9 +315,10 @@ Do edits survive several reviewers at once? `benchmarks/review_load.py` serves t
 with daphne on 127.0.0.1 over a throw-away PostgreSQL database holding
 {result['instances']} pending objects on `{result['slide']}`. {result['reviewers']}
 reviewers, each signed in as their own pathologist, work for {result['seconds']} s. Each
-round loads the viewport around an object and a deep-zoom tile, reads the object, then
-pauses {result['think_ms']:.0f} ms as a reviewer looking at it would, then accepts it if
-it is pending, else relabels it or edits its outline, sending the version it read. {result['shared_objects']}
+round loads the viewport around an object and a deep-zoom tile and reads the object. It
+then pauses {result['think_ms']:.0f} ms, as a reviewer looking at the object would. Last,
+it accepts the object if it is pending, else relabels it or edits its outline, sending
+the version it read. {result['shared_objects']}
 objects are shared by all reviewers and get {100 * result['shared_share']:.0f} % of the
 rounds, so concurrent changes of one object happen. The rest belong to one reviewer each.
 

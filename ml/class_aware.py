@@ -198,10 +198,10 @@ class ClassAwareMaskDecoder(nn.Module):
 
     @staticmethod
     def _shares_one_image(image_embeddings: torch.Tensor, dense: torch.Tensor) -> bool:
-        """True for inference with one image and no mask input: every prompt sees the same image.
+        """Return True for inference on one image without mask inputs, shared by every prompt.
 
         The prompt encoder expands one no-mask embedding over the batch, so its batch
-        stride is 0; mask inputs give a real batch.
+        stride is 0. Mask inputs give a real batch.
         """
         return (
             not torch.is_grad_enabled()

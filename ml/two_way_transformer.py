@@ -112,7 +112,7 @@ def _attention_block(
     query_pe: torch.Tensor,
     key_pe: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ``TwoWayAttentionBlock``; ``keys`` is (L, C) when shared, else (B, L, C)."""
+    """Run one ``TwoWayAttentionBlock``. ``keys`` is (L, C) when shared, else (B, L, C)."""
     if block.skip_first_layer_pe:
         queries = block.self_attn(q=queries, k=queries, v=queries)
     else:

@@ -228,7 +228,7 @@ def test_decoder_token_order(model: ClassAwareSam) -> None:
     coords, labels = random_points(2)
     handle = decoder.transformer.register_forward_hook(capture)
     try:
-        # With gradients the decoder calls the transformer module itself, so the hook sees it.
+        # With gradients the decoder calls the transformer module itself, so the hook runs.
         output = model(image_embeddings=embeddings, point_coords=coords, point_labels=labels)
         with torch.no_grad():
             sparse, _ = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)

@@ -96,7 +96,7 @@ def test_run_held_by_another_worker_is_skipped(cmu_slide, fast_proposals):
     assert ProposalRun.objects.get(pk=run.pk).status == ProposalRun.Status.QUEUED
 
 
-def test_run_of_a_dead_worker_restarts_from_first_tile(cmu_slide, fast_proposals, monkeypatch):
+def test_taken_over_run_restarts(cmu_slide, fast_proposals, monkeypatch):
     # Limitation of apps/annotations/tasks.py: no per-tile journal, so a run taken over
     # after its worker died is computed again from its first tile.
     from datetime import timedelta
