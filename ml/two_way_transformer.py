@@ -15,13 +15,13 @@ computes the same outputs from a single copy:
   image tokens, and because a key bias shifts each row of the logits by a constant.
 
 Per prompt on a 64 x 64 embedding of width 256, the matrix work drops from about 1.3 to
-0.4 GMAC, and the image embedding is never copied per prompt. ``upscale_image_tokens``
+0.4 GMAC (counted from the layer sizes), and the image embedding is never copied per prompt. ``upscale_image_tokens``
 runs the decoder's upscaling on the transformer's token layout without a transposed
 copy. The outputs equal Meta's to float32 rounding (tests/ml/test_two_way_transformer.py).
 
-Callers should pass prompts in chunks of ``prompts_per_chunk``: glibc serves every block
-above 32 MB with fresh pages from the kernel, and on a CPU their first-touch faults cost
-more than the arithmetic. An add of 16 x 4096 x 256 float32 values took 34 ms in one
+Callers should pass prompts in chunks of ``prompts_per_chunk``. glibc's mmap threshold
+stops growing at 32 MB on 64-bit systems, so every larger block gets fresh pages from the
+kernel, and on a CPU their first-touch faults cost more than the arithmetic. An add of 16 x 4096 x 256 float32 values took 34 ms in one
 piece and 5 ms in chunks of 6 prompts (one thread, measured here).
 """
 
