@@ -4,9 +4,9 @@ Like ``benchmarks/api_latency.py``, the script creates a throw-away PostgreSQL d
 the server of DATABASE_URL, imports a slide, bulk-creates pending polygon instances and
 serves the app with daphne on a free 127.0.0.1 port. Each of ``--reviewers`` client
 threads signs in as its own pathologist and works for ``--seconds`` seconds the way the
-review page does: load the viewport around an object and one deep-zoom tile, read the
-object, then accept it if it is pending, else relabel it or edit its outline, sending
-the version it read.
+review page does. It loads the viewport around an object and one deep-zoom tile, and
+reads the object. Then it accepts the object if it is pending, else relabels it or edits
+its outline, sending the version it read.
 
 Most objects belong to one reviewer each. A few are shared by all, so two reviewers
 sometimes change the same object at once: the later change must get 409 Conflict, which
@@ -165,11 +165,12 @@ class Reviewer:
 
 
 def lost_edits(changes: list[tuple[int, int, str, str]]) -> dict:
-    """Compare every changed row with the newest change answered 200 for it.
+    """Compare every changed row with the newest change that got a 200 response.
 
     Returns how many objects were changed, how many rows differ from their newest
-    successful change (lost edits), and how many versions were answered twice (two
-    reviewers told that each made the same version, which a conflict check must prevent).
+    successful change (lost edits), and how many versions were returned twice. A version
+    returned to two reviewers means both were told they made it, which the conflict check
+    must prevent.
     """
     from apps.annotations.models import Instance
 
@@ -235,7 +236,7 @@ def measure(base_url: str, slide, cookies: list[dict], *, seconds: float,
     for kind in ("viewport", "tile", "instance", *ACTIONS):
         kind_records = [record for record in records if record["kind"] == kind]
         summary = summarise(kind_records)
-        # A 409 on a shared object is the expected answer to a concurrent change.
+        # A 409 on a shared object is the expected response to a concurrent change.
         conflicts = sum(
             record["status"] == 409 and record.get("shared", False) for record in kind_records
         )
@@ -325,18 +326,18 @@ rounds, so concurrent changes of one object happen. The rest belong to one revie
 - Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/review_load.py --write-docs`
 - Machine: {result['machine']}; other jobs may have shared the cores
 - Throughput: {result['requests']} requests, {result['requests_per_second']} per second;
-  {result['changes_per_second']} changes answered 200 per second
-- Errors: {result['errors']}; conflicts answered 409 on shared objects: {result['conflicts']}
+  {result['changes_per_second']} successful changes per second
+- Errors: {result['errors']}; conflicts (409 responses) on shared objects: {result['conflicts']}
 - Lost edits: {result['lost_edits']} of {result['objects_changed']} objects changed (every
-  row equals the newest change answered 200 for it); versions answered to two reviewers:
+  row equals the newest successful change of it); versions returned to two reviewers:
   {result['versions_answered_twice']}
 
 | request | count | errors | conflicts | p50 ms | p95 ms | max ms |
 |---|---|---|---|---|---|---|
 {rows}
 
-A conflict is the expected answer when another reviewer changed the object after this
-one read it: the review page then shows the current object and who changed it.
+A conflict is the expected response when another reviewer changed the object after this
+one read it. The review page then shows the current object and who changed it.
 
 The first run of this benchmark, with 3 reviewers, got HTTP 500 for about a quarter of
 its requests: PostgreSQL refused new clients ("too many clients already"). Under ASGI
