@@ -294,9 +294,12 @@ try:
         NEPHROWEB_PROPOSALS.get("encoder_dtype", "float32"),
     )
 except SettingsError as exc:
-    raise ImproperlyConfigured(
-        f"NEPHROWEB_MASK_GENERATOR or NEPHROWEB_ENCODER_DTYPE is invalid: {exc}"
-    ) from None
+    # Name the variable that holds the rejected value (the message starts with its field).
+    variable = (
+        "NEPHROWEB_MASK_GENERATOR" if str(exc).startswith("mask_generator")
+        else "NEPHROWEB_ENCODER_DTYPE"
+    )
+    raise ImproperlyConfigured(f"{variable} is invalid: {exc}") from None
 # Segmentation runs of a class-aware model version. The working mpp and tile size come
 # from the model version; these keys (any SegmentationSettings field) override them.
 NEPHROWEB_SEGMENTATION = {

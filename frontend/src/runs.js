@@ -30,8 +30,8 @@ const COUNT_LABELS = {
   dropped_invalid_geometry: "dropped: invalid geometry",
   dropped_merge_duplicate: "merged: same object in two tiles",
   dropped_merge_conflict: "merged: overlap lost to a better mask",
-  dropped_overlaps_reviewed: "dropped: overlaps a reviewed object",
   kept: "kept after merging",
+  dropped_overlaps_reviewed: "of those, dropped: overlaps a reviewed object",
   components_discarded: "extra parts of split masks (not counted as masks)",
   stored: "stored as proposals",
 };

@@ -22,10 +22,11 @@ def import_settings(**variables: str) -> subprocess.CompletedProcess:
     ("variables", "message"),
     [
         ({"NEPHROWEB_MASK_GENERATOR": "bogus"},
-         "NEPHROWEB_MASK_GENERATOR or NEPHROWEB_ENCODER_DTYPE is invalid: mask_generator is "
+         "NEPHROWEB_MASK_GENERATOR is invalid: mask_generator is "
          "'bogus', expected one of ['fast', 'reference']."),
         ({"NEPHROWEB_ENCODER_DTYPE": "float8"},
-         "encoder_dtype is 'float8', expected one of ['float32', 'bfloat16']."),
+         "NEPHROWEB_ENCODER_DTYPE is invalid: encoder_dtype is 'float8', expected one of "
+         "['float32', 'bfloat16']."),
         ({"NEPHROWEB_MASK_GENERATOR": "reference", "NEPHROWEB_ENCODER_DTYPE": "bfloat16"},
          "encoder_dtype 'bfloat16' needs mask_generator 'fast'."),
         ({"NEPHROWEB_PROPOSALS_JSON": "[1"},
