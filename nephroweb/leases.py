@@ -6,11 +6,14 @@ it when done. A re-delivered task finds the lease held and returns without work,
 task whose worker died can be taken over once the lease has expired.
 """
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 
 def lease_seconds() -> int:
@@ -43,6 +46,17 @@ def renew_lease(model, pk: int, owner: str, seconds: int | None = None) -> None:
 
 def release_lease(model, pk: int, owner: str) -> None:
     model.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+def retry_when_lease_expires(task, model, pk: int, description: str):
+    """Retry the Celery ``task`` one second after another worker's lease on row ``pk`` expires.
+
+    By then that worker has finished, so the retry has nothing to do, or it died, so the
+    retry takes the row's work over. Raises ``celery.exceptions.Retry``.
+    """
+    countdown = retry_countdown(model, pk)
+    logger.info("%s: retrying in %.0f s, when the lease expires", description, countdown)
+    raise task.retry(countdown=countdown)
 
 
 def retry_countdown(model, pk: int) -> float:

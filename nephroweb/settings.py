@@ -202,10 +202,7 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apps.accounts.api.exception_handler",
 }
 
-# Redis: the Celery broker and the Channels layer. Without it (demo) Celery uses a
-# file-system broker and Channels an in-process layer, so worker progress reaches the
-# browser through its periodic resynchronisation from the API instead of the socket.
-# A worker renews the lease on its task row while it works; another worker may take the
+# A worker renews the lease on its task row while it works. Another worker may take the
 # task over once the lease is this many seconds past its last renewal (nephroweb/leases.py).
 NEPHROWEB_TASK_LEASE_S = env_number("NEPHROWEB_TASK_LEASE_S", 300, int)
 if NEPHROWEB_TASK_LEASE_S < 3:
@@ -213,6 +210,9 @@ if NEPHROWEB_TASK_LEASE_S < 3:
         f"NEPHROWEB_TASK_LEASE_S={NEPHROWEB_TASK_LEASE_S} is too short; use at least 3 seconds."
     )
 
+# Redis: the Celery broker and the Channels layer. Without it (demo) Celery uses a
+# file-system broker and Channels an in-process layer, so worker progress reaches the
+# browser through its periodic resynchronisation from the API instead of the socket.
 REDIS_URL = env_str("REDIS_URL")
 BROKER_DIR = DATA_DIR / "broker"
 
@@ -294,7 +294,7 @@ try:
         NEPHROWEB_PROPOSALS.get("encoder_dtype", "float32"),
     )
 except SettingsError as exc:
-    # Name the variable that holds the rejected value (the message starts with its field).
+    # Name the variable that contains the rejected value (the message starts with its field).
     variable = (
         "NEPHROWEB_MASK_GENERATOR" if str(exc).startswith("mask_generator")
         else "NEPHROWEB_ENCODER_DTYPE"

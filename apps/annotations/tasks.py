@@ -9,7 +9,7 @@ import torch
 from celery import shared_task
 from django.conf import settings
 
-from nephroweb.leases import retry_countdown
+from nephroweb.leases import retry_when_lease_expires
 
 from . import services
 from .models import ProposalRun
@@ -23,14 +23,7 @@ def _worker_id() -> str:
 
 # Limitation: a run taken over after its worker died is computed again from its first tile.
 def _retry_when_lease_expires(task, run_id: int) -> None:
-    """Retry ``task`` when another worker's lease on the run would expire.
-
-    By then that worker has finished the run, so the retry has nothing to do, or it
-    died, so the retry runs it again from the first tile.
-    """
-    countdown = retry_countdown(ProposalRun, run_id)
-    logger.info("Run %s: retrying in %.0f s, when the lease expires", run_id, countdown)
-    raise task.retry(countdown=countdown)
+    retry_when_lease_expires(task, ProposalRun, run_id, f"Run {run_id}")
 
 
 @shared_task(bind=True, name="apps.annotations.tasks.run_proposals", max_retries=None)

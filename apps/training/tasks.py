@@ -1,6 +1,5 @@
 """Celery task of model training; it loads an id, calls the service and returns."""
 
-import logging
 import os
 import socket
 import uuid
@@ -8,12 +7,10 @@ import uuid
 from celery import shared_task
 from django.conf import settings
 
-from nephroweb.leases import retry_countdown
+from nephroweb.leases import retry_when_lease_expires
 
 from . import services
 from .models import ModelVersion
-
-logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, name="apps.training.tasks.run_training", max_retries=None)
@@ -29,6 +26,4 @@ def run_training(self, version_id: int) -> None:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if services.execute_training(version_id, owner=owner) is None:
-        countdown = retry_countdown(ModelVersion, version_id)
-        logger.info("Model version %s: retrying in %.0f s, when the lease expires", version_id, countdown)
-        raise self.retry(countdown=countdown)
+        retry_when_lease_expires(self, ModelVersion, version_id, f"Model version {version_id}")
