@@ -198,10 +198,10 @@ class ClassAwareAsSam(nn.Module):
     """A class-aware SAM behind the interface that Meta's generator expects of ``Sam``.
 
     ``SamAutomaticMaskGenerator`` can then drive nephroweb's class-aware model the way it
-    drives SAM. The decoder gives one mask per prompt (Meta's gives three), and it
+    drives SAM. The decoder gives one mask per prompt, where Meta's gives three. It
     reports a predicted IoU of -1 for a mask whose most probable class is
-    ``background_class`` or whose class probability is below ``min_class_probability``,
-    so the generator's ``pred_iou_thresh`` also applies the class filters of
+    ``background_class`` or whose class probability is below ``min_class_probability``.
+    So the generator's ``pred_iou_thresh`` also applies the class filters of
     ``ml.segmentation``. Each prompt decodes its own copy of the image embedding, as in
     Meta's decoder.
     """
@@ -280,8 +280,8 @@ class _ClassAwareDecoder(nn.Module):
             dense_prompt_embeddings,
         )
         probabilities, classes = torch.softmax(output.class_logits, dim=1).max(dim=1)
-        refused = (classes == self.background_index) | (
+        rejected = (classes == self.background_index) | (
             probabilities < self.min_class_probability
         )
-        iou = output.iou_pred.masked_fill(refused[:, None], -1.0)
+        iou = output.iou_pred.masked_fill(rejected[:, None], -1.0)
         return output.mask_logits, iou

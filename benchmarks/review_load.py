@@ -11,8 +11,8 @@ its outline, sending the version it read.
 Most objects belong to one reviewer each. A few are shared by all, so two reviewers
 sometimes change the same object at once: the later change must get 409 Conflict, which
 is counted as a conflict, not as an error. At the end every object's row must be what
-the last successful change returned, so an edit that was answered 200 and then lost, or
-overwritten without a conflict, counts as lost.
+the last successful change returned. So an edit that got a 200 response and was then
+lost, or overwritten without a conflict, counts as lost.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/review_load.py --write-docs
 """
@@ -169,8 +169,8 @@ def lost_edits(changes: list[tuple[int, int, str, str]]) -> dict:
 
     Returns how many objects were changed, how many rows differ from their newest
     successful change (lost edits), and how many versions were returned twice. A version
-    returned to two reviewers means both were told they made it, which the conflict check
-    must prevent.
+    returned to two reviewers means both got a success response for the same change,
+    which the conflict check must prevent.
     """
     from apps.annotations.models import Instance
 

@@ -61,8 +61,8 @@ STAGES = ("read", "encoder", "mask_generation", "polygons", "merge")
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after every tile with tissue.
 
-Tiles skipped for too little tissue take no time, so they are not counted: a time
-estimate from the rate of tiles done then holds from the first tile on.
+Tiles skipped for too little tissue take no time, so they are not counted. A time
+estimate from the rate of tiles done is then valid from the first tile on.
 """
 
 # Keys of ProposalResult.counts. Every generated mask ends in exactly one of MASK_OUTCOMES.

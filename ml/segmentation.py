@@ -67,8 +67,8 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(tiles_done, tiles_total)`` after every tile with tissue.
 
-Tiles skipped for too little tissue take no time, so they are not counted: a time
-estimate from the rate of tiles done then holds from the first tile on.
+Tiles skipped for too little tissue take no time, so they are not counted. A time
+estimate from the rate of tiles done is then valid from the first tile on.
 """
 
 StopCallback = Callable[[], bool]

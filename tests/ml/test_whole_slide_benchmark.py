@@ -113,7 +113,8 @@ def test_whole_slide_report_on_a_small_slide(tmp_path):
             assert recall["of_reference_at_iou80"] is None
             assert note.startswith("undefined")
     text = docs.read_text(encoding="utf-8")
-    assert SECTION_TITLE in text and "Kept." in text
+    assert SECTION_TITLE in text
+    assert "Kept." in text
     assert "| prompts decoded | 1024 |" in text
     # A second run reuses the trained weights instead of training again.
     output = io.StringIO()

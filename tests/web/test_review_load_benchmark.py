@@ -33,7 +33,7 @@ def test_reviewers_lose_no_edit(transactional_db, cmu_slide, tmp_path):
     assert result["versions_answered_twice"] == 0
     assert result["kinds"]["accept"]["requests"] > 0
     assert result["objects_changed"] > 0
-    # Each change raised the row's version: the newest answer per object is the row.
+    # Each change raised the row's version, so the newest response per object is the row.
     changed = Instance.objects.exclude(review_state="pending")
     assert changed.count() == result["objects_changed"]
 
@@ -41,7 +41,7 @@ def test_reviewers_lose_no_edit(transactional_db, cmu_slide, tmp_path):
 def test_lost_edit_is_detected(db, cmu_slide):
     populate_instances(cmu_slide, 3)
     first, second, third = Instance.objects.order_by("id")
-    # The row of ``first`` still has version 1, but a client was answered version 2.
+    # The row of ``first`` still has version 1, but a client got version 2 in a response.
     changes = [
         (first.pk, 2, "accepted", first.class_name),
         (second.pk, second.version, second.review_state, second.class_name),
