@@ -43,6 +43,14 @@ from ml.mask_generation import (
 from ml.merge import merge_instances
 from ml.sam import LoadedSam
 from ml.slide import Slide, WorkingFrame
+from ml.tile_journal import (
+    TileJournal,
+    decode_instance,
+    encode_instance,
+    journaled_indices,
+    replay_counts,
+    tile_payload,
+)
 from ml.tile_masks import (
     TiledMaskSettings,
     image_size_in_tile,
@@ -147,6 +155,7 @@ def propose(
     settings: ProposalSettings,
     tissue: TissueMask,
     progress: ProgressCallback | None = None,
+    journal: TileJournal | None = None,
 ) -> ProposalResult:
     """Propose instances for a whole slide with SAM's automatic mask generator.
 
@@ -156,6 +165,8 @@ def propose(
         settings: Validated proposal settings.
         tissue: Tissue mask of the same slide, from ``detect_tissue``.
         progress: Called after every tile with tissue as (tiles done, tiles with tissue).
+        journal: Where each finished tile is recorded. Tiles already in it are taken
+            from it instead of being segmented again (see ml.tile_journal).
 
     Cost: one SAM image encoding per processed tile plus ``points_per_side**2`` prompts
     through the mask decoder. On a CPU with vit_b that is tens of seconds per tile
@@ -190,30 +201,46 @@ def propose(
         tile for tile in tiles
         if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
     ]
+    processed = {tile.index for tile in with_tissue}
+    journaled = journaled_indices(journal, processed)
+    if journaled:
+        logger.info(
+            "Resuming %s: %d of %d tiles with tissue taken from the journal",
+            slide.info.path.name, len(journaled), len(with_tissue),
+        )
     # One reader thread reads the next tile while SAM works on the current one, so the
     # "read" stage counts only the time spent waiting for pixels.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
-        upcoming = iter(with_tissue)
+        upcoming = iter([tile for tile in with_tissue if tile.index not in journaled])
         next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
-        processed = {tile.index for tile in with_tissue}
         for tile in tiles:
             if tile.index not in processed:
                 counts["tiles_skipped_no_tissue"] += 1
                 logger.debug("Tile %d skipped: too little tissue", tile.index)
+                continue
+            counts["tiles_processed"] += 1
+            if tile.index in journaled:
+                payload = journaled[tile.index]
+                replay_counts(payload, counts)
+                candidates.extend(
+                    decode_instance(row, tile.index) for row in payload["instances"]
+                )
             else:
-                counts["tiles_processed"] += 1
                 wait_started = time.perf_counter()
                 rgb = next_read.result()
                 stage_seconds["read"] += time.perf_counter() - wait_started
                 next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
-                candidates.extend(
-                    _propose_tile(
-                        slide, frame, tile, rgb, generator, settings, tissue, counts,
-                        stage_seconds,
-                    )
+                counts_before = dict(counts)
+                tile_instances = _propose_tile(
+                    slide, frame, tile, rgb, generator, settings, tissue, counts,
+                    stage_seconds,
                 )
-                if progress is not None:
-                    progress(counts["tiles_processed"], len(with_tissue))
+                candidates.extend(tile_instances)
+                if journal is not None:
+                    rows = [encode_instance(instance) for instance in tile_instances]
+                    journal.record_tile(tile.index, tile_payload(rows, counts_before, counts))
+            if progress is not None:
+                progress(counts["tiles_processed"], len(with_tissue))
 
     merge_started = time.perf_counter()
     merged = merge_instances(candidates)

@@ -49,6 +49,14 @@ from ml.instances import Instance
 from ml.merge import merge_instances
 from ml.model_files import LoadedClassAwareSam
 from ml.slide import Slide, WorkingFrame
+from ml.tile_journal import (
+    TileJournal,
+    decode_instance,
+    encode_instance,
+    journaled_indices,
+    replay_counts,
+    tile_payload,
+)
 
 # Tiling, tile skipping and mask tracing are shared with the proposals, so both runs
 # apply exactly the same rules.
@@ -274,6 +282,7 @@ def segment_slide(
     tissue: TissueMask,
     progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
+    journal: TileJournal | None = None,
 ) -> SegmentationResult:
     """Segment and classify every object of a whole slide with a class-aware SAM.
 
@@ -286,6 +295,8 @@ def segment_slide(
         progress: Called after every tile with tissue as (tiles done, tiles with tissue).
         should_stop: Polled before every tile. When it returns True, the run stops and
             returns the merged result of the tiles done so far with ``stopped`` set.
+        journal: Where each finished tile is recorded. Tiles already in it are taken
+            from it instead of being segmented again (see ml.tile_journal).
 
     Raises:
         SettingsError: ``settings.background_class`` is not one of the model's classes.
@@ -320,9 +331,15 @@ def segment_slide(
         if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
     ]
     processed = {tile.index for tile in with_tissue}
+    journaled = journaled_indices(journal, processed)
+    if journaled:
+        logger.info(
+            "Resuming %s: %d of %d tiles with tissue taken from the journal",
+            slide.info.path.name, len(journaled), len(with_tissue),
+        )
     # One reader thread reads the next tile with tissue while the model works on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
-        upcoming = iter(with_tissue)
+        upcoming = iter([tile for tile in with_tissue if tile.index not in journaled])
         next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
         for tiles_done, tile in enumerate(tiles, start=1):
             if should_stop is not None and should_stop():
@@ -336,15 +353,27 @@ def segment_slide(
             if tile.index not in processed:
                 counts["tiles_skipped_no_tissue"] += 1
                 logger.debug("Tile %d skipped: too little tissue", tile.index)
+                continue
+            counts["tiles_processed"] += 1
+            if tile.index in journaled:
+                payload = journaled[tile.index]
+                replay_counts(payload, counts)
+                candidates.extend(
+                    _decode_labeled(row, tile.index) for row in payload["instances"]
+                )
             else:
-                counts["tiles_processed"] += 1
                 rgb = next_read.result()
                 next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
-                candidates.extend(
-                    _segment_tile(slide, frame, tile, rgb, class_aware, settings, tissue, counts)
+                counts_before = dict(counts)
+                tile_instances = _segment_tile(
+                    slide, frame, tile, rgb, class_aware, settings, tissue, counts
                 )
-                if progress is not None:
-                    progress(counts["tiles_processed"], len(with_tissue))
+                candidates.extend(tile_instances)
+                if journal is not None:
+                    rows = [_encode_labeled(labeled) for labeled in tile_instances]
+                    journal.record_tile(tile.index, tile_payload(rows, counts_before, counts))
+            if progress is not None:
+                progress(counts["tiles_processed"], len(with_tissue))
 
     merged = merge_labeled_instances(candidates)
     counts["dropped_merge_duplicate"] = len(merged.dropped_duplicate)
@@ -368,6 +397,20 @@ def segment_slide(
         tiles_processed=counts["tiles_processed"],
         overlap_px=overlap_px,
         stopped=stopped,
+    )
+
+
+def _encode_labeled(labeled: LabeledInstance) -> dict:
+    return {
+        **encode_instance(labeled.instance),
+        "class_name": labeled.class_name,
+        "class_probability": float(labeled.class_probability),
+    }
+
+
+def _decode_labeled(row: dict, tile_index: int) -> LabeledInstance:
+    return LabeledInstance(
+        decode_instance(row, tile_index), row["class_name"], row["class_probability"]
     )
 
 

@@ -62,6 +62,26 @@ class ProposalRun(models.Model):
         ordering = ["-created_at", "-id"]
 
 
+class ProposalRunTile(models.Model):
+    """One finished tile of a run, journaled so that a run taken over skips it.
+
+    ``payload`` is ml.tile_journal's record: the tile's instances (hex WKB outlines and
+    scores) and what it added to the run's counts. ``weights_sha256`` is the checkpoint
+    the tile was computed with; a run that loads other weights ignores the row. The rows
+    are deleted when the run ends.
+    """
+
+    run = models.ForeignKey(ProposalRun, on_delete=models.CASCADE, related_name="journal_tiles")
+    tile_index = models.PositiveIntegerField()
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    payload = models.JSONField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "tile_index"], name="one_journal_row_per_tile"),
+        ]
+
+
 class Instance(models.Model):
     """One object outline on a slide: a proposal until reviewed, then an annotation."""
 

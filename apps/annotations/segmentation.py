@@ -19,6 +19,7 @@ from apps.analysis.predictions import Prediction, write_run_predictions
 from ml.errors import CheckpointError, SettingsError
 
 from . import services
+from .journal import RunJournal
 from .models import Instance, ProposalRun
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,10 @@ def _segment_and_store(run: ProposalRun, report) -> None:
     run_settings = SegmentationSettings.from_dict(run.settings)
     with services.open_run_slide(run) as slide_file:
         tissue = detect_tissue(slide_file)
-        result = segment_slide(slide_file, loaded, run_settings, tissue, progress=report)
+        result = segment_slide(
+            slide_file, loaded, run_settings, tissue, progress=report,
+            journal=RunJournal(run.pk, version.weights_sha256),
+        )
     candidates = [
         (labeled.polygon_level0, {
             "class_name": labeled.class_name,

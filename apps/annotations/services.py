@@ -18,6 +18,7 @@ from nephroweb.leases import acquire_lease, release_lease, renew_lease
 from . import events
 from .classes import CORTEX_CLASS
 from .geometry import instance_row
+from .journal import RunJournal, clear_journal
 from .models import Instance, ProposalRun
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 # dropped: a task never puts a duplicate on top of a human's work.
 REVIEWED_OVERLAP_FRACTION = 0.5
 PROGRESS_INTERVAL_S = 0.5
+# Stored as a run's sam_type when its checkpoint matches none of SAM's official types.
+CUSTOM_SAM_TYPE = "custom"
 # The indexed box expression of migration 0005; a query must repeat it exactly to use the index.
 BBOX_EXPRESSION = "box(point(x_min_level0, y_min_level0), point(x_max_level0, y_max_level0))"
 
@@ -168,20 +171,25 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
         from ml.proposals import ProposalSettings, propose
         from ml.tissue import detect_tissue
 
-        requested_type = run.sam_type or None
+        # A run taken over after a crash has "custom" stored for a checkpoint of no
+        # official type; its type is inferred from the file again.
+        requested_type = run.sam_type if run.sam_type not in ("", CUSTOM_SAM_TYPE) else None
         checkpoint = resolve_checkpoint_for(
             requested_type or settings.NEPHROWEB_SAM_TYPE, checkpoint_path or run.checkpoint
         )
         loaded = load_model(checkpoint, requested_type)
         run.checkpoint = str(checkpoint)
         run.checkpoint_sha256 = loaded.sha256 or ""
-        run.sam_type = loaded.sam_type or "custom"
+        run.sam_type = loaded.sam_type or CUSTOM_SAM_TYPE
         run.save(update_fields=["checkpoint", "checkpoint_sha256", "sam_type"])
 
         run_settings = ProposalSettings.from_dict(run.settings)
         with open_run_slide(run) as slide_file:
             tissue = detect_tissue(slide_file)
-            result = propose(slide_file, loaded.model, run_settings, tissue, progress=report)
+            result = propose(
+                slide_file, loaded.model, run_settings, tissue, progress=report,
+                journal=RunJournal(run.pk, run.checkpoint_sha256),
+            )
         store_proposals(run, result)
 
     return execute_run(run_id, owner=owner, body=propose_and_store)
@@ -189,9 +197,11 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
 
 def _fail(run: ProposalRun, message: str) -> None:
     logger.warning("Proposal run %s failed: %s", run.pk, message)
-    ProposalRun.objects.filter(pk=run.pk).update(
-        status=ProposalRun.Status.FAILED, message=message, finished_at=timezone.now()
-    )
+    with transaction.atomic():
+        ProposalRun.objects.filter(pk=run.pk).update(
+            status=ProposalRun.Status.FAILED, message=message, finished_at=timezone.now()
+        )
+        clear_journal(run.pk)
 
 
 def store_proposals(run: ProposalRun, result) -> None:
@@ -246,6 +256,7 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
                 polygon, slide=slide, mpp=slide.mpp, proposal_run=run, source=source, **fields
             ))
         Instance.objects.bulk_create(rows, batch_size=2000)
+        clear_journal(run.pk)
         counts["dropped_overlaps_reviewed"] = dropped_reviewed
         counts["stored"] = len(rows)
         if class_names:

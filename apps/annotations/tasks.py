@@ -1,4 +1,7 @@
-"""Celery tasks; each loads ids, calls a service and returns. Safe to run twice."""
+"""Celery tasks; each loads ids, calls a service and returns. Safe to run twice.
+
+A run taken over after its worker died resumes from its tile journal (apps.annotations.journal).
+"""
 
 import logging
 import os
@@ -21,7 +24,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-# Limitation: a run taken over after its worker died is computed again from its first tile.
 def _retry_when_lease_expires(task, run_id: int) -> None:
     retry_when_lease_expires(task, ProposalRun, run_id, f"Run {run_id}")
 

@@ -3,16 +3,20 @@ queries and the GeoJSON export. The tiny SAM has random weights: these tests che
 pipeline's rules, not segmentation quality."""
 
 import json
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 from shapely.geometry import Polygon, box, shape
 
 from apps.annotations import services
 from apps.annotations.geometry import instance_row
-from apps.annotations.models import Instance, ProposalRun
+from apps.annotations.journal import RunJournal
+from apps.annotations.models import Instance, ProposalRun, ProposalRunTile
 from apps.slides.models import Slide
+from ml.errors import SettingsError
 
 pytestmark = pytest.mark.django_db
 
@@ -96,18 +100,11 @@ def test_run_held_by_another_worker_is_skipped(cmu_slide, fast_proposals):
     assert ProposalRun.objects.get(pk=run.pk).status == ProposalRun.Status.QUEUED
 
 
-def test_taken_over_run_restarts(cmu_slide, fast_proposals, monkeypatch):
-    # Limitation of apps/annotations/tasks.py: no per-tile journal, so a run taken over
-    # after its worker died is computed again from its first tile.
-    from datetime import timedelta
+class WorkerCrash(BaseException):
+    """Stands in for a killed worker: no ``except Exception`` handler catches it."""
 
-    from django.utils import timezone
 
-    run = services.start_proposal_run(cmu_slide, enqueue=False)
-    ProposalRun.objects.filter(pk=run.pk).update(
-        status=ProposalRun.Status.RUNNING, tiles_done=3, tiles_total=4,
-        lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1),
-    )
+def _recording_progress(monkeypatch) -> list[int]:
     progress = []
     original = services._progress_reporter
 
@@ -121,12 +118,96 @@ def test_taken_over_run_restarts(cmu_slide, fast_proposals, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(services, "_progress_reporter", recording_reporter)
+    return progress
+
+
+def _expire_lease(run_id: int) -> None:
+    ProposalRun.objects.filter(pk=run_id).update(
+        lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def _stored_outlines(run) -> list:
+    return sorted(
+        (row.x_min_level0, row.y_min_level0, json.dumps(row.geometry, sort_keys=True))
+        for row in Instance.objects.filter(proposal_run=run)
+    )
+
+
+def test_taken_over_run_resumes_from_journal(cmu_slide, fast_proposals, monkeypatch):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    original_record = RunJournal.record_tile
+
+    def record_then_crash(journal, tile_index, payload):
+        original_record(journal, tile_index, payload)
+        if ProposalRunTile.objects.filter(run_id=journal.run_id).count() == 2:
+            raise WorkerCrash
+
+    monkeypatch.setattr(RunJournal, "record_tile", record_then_crash)
+    with pytest.raises(WorkerCrash):
+        services.execute_proposal_run(run.pk, owner="worker-a")
+    monkeypatch.setattr(RunJournal, "record_tile", original_record)
+    crashed = ProposalRun.objects.get(pk=run.pk)
+    journaled = set(ProposalRunTile.objects.filter(run=run).values_list("tile_index", flat=True))
+    assert crashed.status == ProposalRun.Status.RUNNING
+    assert len(journaled) == 2
+
+    _expire_lease(run.pk)
+    progress = _recording_progress(monkeypatch)
     taken_over = services.execute_proposal_run(run.pk, owner="worker-b")
 
-    assert taken_over.status == ProposalRun.Status.SUCCEEDED
+    assert taken_over.status == ProposalRun.Status.SUCCEEDED, taken_over.message
     assert progress[0] == 1
-    assert taken_over.tiles_done == taken_over.tiles_total == progress[-1]
+    assert taken_over.tiles_done == taken_over.tiles_total == progress[-1] == 4
     assert taken_over.lease_owner == ""
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+    resumed_outlines = _stored_outlines(run)
+    resumed_counts = taken_over.counts
+
+    # The same run without interruption stores the same outlines and counts.
+    uninterrupted = services.start_proposal_run(cmu_slide, enqueue=False)
+    services.execute_proposal_run(uninterrupted.pk, owner="worker-c")
+    uninterrupted.refresh_from_db()
+    assert uninterrupted.status == ProposalRun.Status.SUCCEEDED
+    assert uninterrupted.counts == resumed_counts
+    assert len(resumed_outlines) > 0
+    assert _stored_outlines(uninterrupted) == resumed_outlines
+
+
+def test_journal_of_other_weights_is_dropped(cmu_slide, fast_proposals, monkeypatch):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    ProposalRunTile.objects.create(
+        run=run, tile_index=0, weights_sha256="0" * 64,
+        payload={"instances": [], "counts": {"masks_generated": 999}},
+    )
+    recorded = []
+    original_record = RunJournal.record_tile
+
+    def recording(journal, tile_index, payload):
+        recorded.append(tile_index)
+        original_record(journal, tile_index, payload)
+
+    monkeypatch.setattr(RunJournal, "record_tile", recording)
+    finished = services.execute_proposal_run(run.pk, owner="worker-a")
+
+    assert finished.status == ProposalRun.Status.SUCCEEDED
+    assert sorted(recorded) == [0, 1, 2, 3]
+    assert finished.counts["masks_generated"] < 999
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+
+
+def test_failed_run_clears_journal(cmu_slide, fast_proposals, monkeypatch):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+
+    def fail_in_merge(instances):
+        raise SettingsError("merge failed on purpose")
+
+    monkeypatch.setattr("ml.proposals.merge_instances", fail_in_merge)
+    failed = services.execute_proposal_run(run.pk, owner="worker-a")
+
+    assert failed.status == ProposalRun.Status.FAILED
+    assert failed.message == "merge failed on purpose"
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
 
 
 def test_missing_checkpoint_fails_with_supply_hint(cmu_slide, settings, tmp_path):

@@ -1,11 +1,13 @@
-"""A training run survives a real Celery worker killed with SIGKILL in the middle of it.
+"""Training and proposal runs survive a real Celery worker killed with SIGKILL mid-task.
 
-Worker A trains until the first epoch checkpoint is written and is then killed without
-warning. The task was acknowledged late, so Redis delivers it again once its visibility
-timeout has passed. Worker B takes the run over when A's lease has expired, resumes from
-the last epoch checkpoint and finishes. The result must equal an uninterrupted run.
+Worker A works until the first epoch checkpoint (training) or a few journaled tiles
+(proposals) are written and is then killed without warning. The task was acknowledged
+late, so Redis delivers it again once its visibility timeout has passed. Worker B takes
+the run over when A's lease has expired, resumes from the last epoch checkpoint or the
+tile journal and finishes. The result must equal an uninterrupted run.
 """
 
+import json
 import os
 import re
 import signal
@@ -13,7 +15,11 @@ import time
 
 import pytest
 import torch
+from django.core.management import call_command
 
+from apps.annotations import services as proposal_services
+from apps.annotations.models import Instance, ProposalRun, ProposalRunTile
+from apps.slides.models import Slide
 from apps.training import services, snapshots
 from apps.training.models import ModelVersion
 from tests.processes import celery_worker, child_environment
@@ -23,6 +29,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 EPOCHS = 30
 FINISHED = {ModelVersion.Status.SUCCEEDED, ModelVersion.Status.FAILED, ModelVersion.Status.CANCELLED}
+RUN_FINISHED = {ProposalRun.Status.SUCCEEDED, ProposalRun.Status.FAILED}
 # Short enough for a test; a deployment keeps the defaults (docs/configuration.md).
 VISIBILITY_TIMEOUT_S = "4"
 LEASE_S = "6"
@@ -121,3 +128,86 @@ def test_training_resumes_after_worker_is_killed(
             [r["train_loss"] for r in uninterrupted.metrics][:5], epochs_before_kill,
         )
     assert finished.weights_sha256 == uninterrupted.weights_sha256
+
+
+# Small tiles, so the run has 45 tiles with tissue and the kill lands between two of them.
+CRASH_PROPOSALS = {
+    "mpp": 1.0, "tile_px": 384, "points_per_side": 4, "pred_iou_thresh": 0.0,
+    "stability_score_thresh": 0.0, "max_area_fraction": 0.2, "min_area_um2": 5.0,
+}
+
+
+def _outlines(run: ProposalRun) -> list:
+    return sorted(
+        json.dumps(geometry, sort_keys=True)
+        for geometry in Instance.objects.filter(proposal_run=run).values_list("geometry", flat=True)
+    )
+
+
+def test_proposal_run_resumes_after_worker_is_killed(
+    redis_url, tiny_checkpoint, tmp_path, settings, shared_data
+):
+    settings.DATA_DIR = tmp_path
+    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    env = child_environment(
+        tmp_path,
+        REDIS_URL=redis_url,
+        NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
+        NEPHROWEB_TASK_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S,
+        NEPHROWEB_TASK_LEASE_S=LEASE_S,
+        NEPHROWEB_TORCH_THREADS="1",
+    )
+
+    def state():
+        return ProposalRun.objects.get(pk=run.pk)
+
+    def journaled():
+        return ProposalRunTile.objects.filter(run_id=run.pk).count()
+
+    log_a, log_b = tmp_path / "worker-a.log", tmp_path / "worker-b.log"
+    with celery_worker(env, log_a) as worker_a:
+        run = proposal_services.start_proposal_run(slide, overrides=CRASH_PROPOSALS)
+        _wait_for(lambda: journaled() >= 3, 300, "three journaled tiles", log_a)
+        os.kill(worker_a.pid, signal.SIGKILL)
+        worker_a.wait(timeout=10)
+
+    tiles_before_kill = journaled()
+    killed = state()
+    assert killed.status == ProposalRun.Status.RUNNING
+    assert killed.lease_owner != ""
+    assert Instance.objects.filter(proposal_run=run).count() == 0
+
+    with celery_worker(env, log_b):
+        finished = _wait_for(
+            lambda: (row := state()).status in RUN_FINISHED and row,
+            300, "worker B to finish the run", log_b,
+        )
+
+    assert finished.status == ProposalRun.Status.SUCCEEDED, finished.message
+    assert finished.lease_owner == ""
+    assert journaled() == 0
+    assert finished.tiles_done == finished.tiles_total == 45
+    assert tiles_before_kill < 45
+    # Worker B took at least the tiles journaled before the kill from the journal.
+    resumed = re.search(r"Resuming .*: (\d+) of (\d+) tiles", log_b.read_text(errors="replace"))
+    assert resumed, "worker B logged no resumption"
+    assert int(resumed.group(1)) >= tiles_before_kill
+    assert int(resumed.group(2)) == 45
+    resumed_outlines = _outlines(finished)
+    assert len(resumed_outlines) == finished.counts["stored"] > 0
+
+    # The same run without interruption, in this process on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain = proposal_services.start_proposal_run(
+            slide, overrides=CRASH_PROPOSALS, enqueue=False
+        )
+        plain = proposal_services.execute_proposal_run(plain.pk, owner="test")
+    finally:
+        torch.set_num_threads(threads)
+    assert plain.status == ProposalRun.Status.SUCCEEDED, plain.message
+    assert plain.counts == finished.counts
+    assert _outlines(plain) == resumed_outlines
