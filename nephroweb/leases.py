@@ -7,9 +7,12 @@ task whose worker died can be taken over once the lease has expired.
 """
 
 import logging
+import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -65,3 +68,32 @@ def retry_countdown(model, pk: int) -> float:
     if expires_at is None:
         return 1.0
     return max(0.0, (expires_at - timezone.now()).total_seconds()) + 1.0
+
+
+@contextmanager
+def renewing_lease(model, pk: int, owner: str):
+    """Renew ``owner``'s lease on row ``pk`` from a thread while the block runs.
+
+    For work with no natural point to renew at, such as one long computation. The
+    caller takes and releases the lease itself. Inside a transaction the block runs
+    without renewal, because no other connection can see the lease row until commit.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        try:
+            while not stop.wait(renew_interval_seconds()):
+                renew_lease(model, pk, owner)
+        finally:
+            connection.close()
+
+    renewer = threading.Thread(target=renew, name=f"lease-{model.__name__}-{pk}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()

@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -29,6 +32,7 @@ from apps.training.snapshots import trainable_class_names
 from ml.errors import NephrowebError
 from ml.evaluation import EvaluationInstance, evaluate_instances
 from ml.polygons import make_valid_polygons
+from nephroweb.leases import acquire_lease, release_lease, renewing_lease
 
 from .models import ModelEvaluation
 from .predictions import load_run_predictions, latest_segmentation_run
@@ -253,18 +257,36 @@ def _record_evaluation(evaluation: ModelEvaluation, user) -> None:
     )
 
 
-def execute_evaluation(evaluation_id: int) -> ModelEvaluation:
+def execute_evaluation(evaluation_id: int, *, owner: str = "") -> ModelEvaluation | None:
     """Compute and store a queued evaluation. A finished one is returned unchanged.
 
-    A failure is stored on the row with a message naming the problem, so a re-delivered
-    task never computes a finished evaluation twice.
+    The computation holds the row's lease, so two deliveries of one task never compute
+    at once. Returns None when another ``owner`` holds the lease. A failure is stored on
+    the row with a message naming the problem, so a re-delivered task never computes a
+    finished evaluation twice.
     """
-    evaluation = ModelEvaluation.objects.select_related("model_version").get(pk=evaluation_id)
-    if evaluation.status in (ModelEvaluation.Status.SUCCEEDED, ModelEvaluation.Status.FAILED):
-        logger.info("Evaluation %s already %s; nothing to do", evaluation_id, evaluation.status)
-        return evaluation
-    # Limitation: there is no lease, so two deliveries of one task at the same time both
-    # compute. They store the same numbers.
+    evaluations = ModelEvaluation.objects.select_related("model_version")
+    evaluations.get(pk=evaluation_id)  # raises DoesNotExist before any lease is taken
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not acquire_lease(ModelEvaluation, evaluation_id, owner):
+        logger.info("Evaluation %s is held by another worker; skipping", evaluation_id)
+        return None
+    try:
+        # Read under the lease, so a delivery that waited for another never recomputes.
+        evaluation = evaluations.get(pk=evaluation_id)
+        if evaluation.status in (ModelEvaluation.Status.SUCCEEDED, ModelEvaluation.Status.FAILED):
+            logger.info(
+                "Evaluation %s already %s; nothing to do", evaluation_id, evaluation.status
+            )
+            return evaluation
+        with renewing_lease(ModelEvaluation, evaluation_id, owner):
+            return _compute_evaluation(evaluation)
+    finally:
+        release_lease(ModelEvaluation, evaluation_id, owner)
+
+
+def _compute_evaluation(evaluation: ModelEvaluation) -> ModelEvaluation:
+    evaluation_id = evaluation.pk
     evaluation.status = ModelEvaluation.Status.RUNNING
     evaluation.message = ""
     evaluation.save(update_fields=["status", "message"])

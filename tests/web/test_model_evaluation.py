@@ -191,6 +191,30 @@ def test_queued_row_runs_through_execute(scene, version, django_capture_on_commi
     assert finished.metrics["mean"]["n_classes"] == 2
 
 
+def test_evaluation_held_by_another_worker_is_skipped(scene, version):
+    from nephroweb.leases import acquire_lease
+
+    queued = evaluations.start_evaluation(version, user=None)
+    assert acquire_lease(ModelEvaluation, queued.pk, "worker-a")
+
+    assert evaluations.execute_evaluation(queued.pk, owner="worker-b") is None
+    row = ModelEvaluation.objects.get(pk=queued.pk)
+    assert row.status == ModelEvaluation.Status.QUEUED
+    assert row.lease_owner == "worker-a"
+    assert row.metrics == {}
+
+
+def test_evaluation_releases_its_lease(scene, version):
+    queued = evaluations.start_evaluation(version, user=None)
+
+    finished = evaluations.execute_evaluation(queued.pk, owner="worker-a")
+
+    row = ModelEvaluation.objects.get(pk=queued.pk)
+    assert finished.status == ModelEvaluation.Status.SUCCEEDED
+    assert row.lease_owner == ""
+    assert row.lease_expires_at is None
+
+
 def test_missing_predictions_file_fails_with_its_path(scene, version):
     path = scene["run"].predictions_file
     with open(path, "w") as stream:

@@ -74,3 +74,20 @@ def test_worker_runs_proposals_and_streams_progress(shared_data, redis_url, tiny
     assert progress[-1][0] == progress[-1][1] == run.tiles_total > 0
     assert [done for done, _ in progress] == sorted(done for done, _ in progress)
     assert Instance.objects.filter(proposal_run=run).count() == run.counts["stored"] > 0
+
+
+def test_renewing_lease_extends_expiry(settings, shared_data):
+    from nephroweb.leases import acquire_lease, renewing_lease
+
+    settings.NEPHROWEB_TASK_LEASE_S = 3  # renewed every second
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    run = ProposalRun.objects.create(slide=Slide.objects.get(), sam_type="vit_b")
+    assert acquire_lease(ProposalRun, run.pk, "worker-a")
+    first_expiry = ProposalRun.objects.get(pk=run.pk).lease_expires_at
+
+    with renewing_lease(ProposalRun, run.pk, "worker-a"):
+        time.sleep(2.5)
+        renewed_expiry = ProposalRun.objects.get(pk=run.pk).lease_expires_at
+
+    assert renewed_expiry > first_expiry
+    assert ProposalRun.objects.get(pk=run.pk).lease_owner == "worker-a"
