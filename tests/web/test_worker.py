@@ -91,3 +91,47 @@ def test_renewing_lease_extends_expiry(settings, shared_data):
 
     assert renewed_expiry > first_expiry
     assert ProposalRun.objects.get(pk=run.pk).lease_owner == "worker-a"
+
+
+def test_unfinished_tasks_lists_open_runs(shared_data):
+    from apps.annotations.tasks import run_proposals
+    from nephroweb.task_recovery import unfinished_tasks
+
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    slide = Slide.objects.get()
+    by_status = {
+        status: ProposalRun.objects.create(slide=slide, sam_type="vit_b", status=status).pk
+        for status in ProposalRun.Status.values
+    }
+
+    listed = unfinished_tasks()
+
+    assert listed == [
+        (run_proposals, by_status[ProposalRun.Status.QUEUED]),
+        (run_proposals, by_status[ProposalRun.Status.RUNNING]),
+    ]
+
+
+def test_worker_start_runs_lost_task(shared_data, redis_url, tiny_checkpoint, tmp_path, settings):
+    settings.NEPHROWEB_PROPOSALS = dict(FAST_PROPOSALS)
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    # Committed but never enqueued: the broker lost its message.
+    run = services.start_proposal_run(Slide.objects.get(), enqueue=False)
+    env = child_environment(
+        tmp_path, REDIS_URL=redis_url, NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint)
+    )
+    log_path = tmp_path / "worker.log"
+
+    with celery_worker(env, log_path):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            run.refresh_from_db()
+            if run.status in (ProposalRun.Status.SUCCEEDED, ProposalRun.Status.FAILED):
+                break
+            time.sleep(0.5)
+
+    log = log_path.read_text()
+    assert run.status == ProposalRun.Status.SUCCEEDED, run.message + "\n" + log[-3000:]
+    requeued = f"again at worker start (1): apps.annotations.tasks.run_proposals({run.pk})"
+    assert requeued in log
+    assert Instance.objects.filter(proposal_run=run).count() == run.counts["stored"] > 0
