@@ -28,14 +28,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from xml.etree.ElementTree import Element
 
+import defusedxml.ElementTree as DefusedElementTree
 import shapely
+from defusedxml import DefusedXmlException
 from shapely.geometry import MultiPolygon, Polygon
 
 from ml.errors import NephrowebError
@@ -386,11 +388,24 @@ def _is_json(content: bytes) -> bool:
     return True
 
 
-def xml_root(content: bytes, path: Path) -> ElementTree.Element:
-    """Parse XML content and return its root element, raising AnnotationFileError if invalid."""
+def xml_root(content: bytes, path: Path) -> Element:
+    """Parse XML content and return its root element, raising AnnotationFileError if invalid.
+
+    defusedxml rejects an entity declaration as soon as the parser reads it, so no entity
+    is ever expanded (a billion-laughs file) or fetched (an external entity that names a
+    local file or URL). ASAP and Aperio ImageScope never declare entities.
+    """
     try:
-        return ElementTree.fromstring(content)
-    except ElementTree.ParseError as exc:
+        return DefusedElementTree.fromstring(content)
+    except DefusedXmlException as exc:
+        entity = getattr(exc, "name", None)
+        declared = f"the XML entity {entity!r}" if entity else "an XML entity or external reference"
+        raise AnnotationFileError(
+            f"Annotation file {path} declares {declared}, which is rejected because entities "
+            "can expand to gigabytes or read other files. ASAP and Aperio ImageScope never "
+            "write entities, so export the annotations again from the annotation tool."
+        ) from exc
+    except DefusedElementTree.ParseError as exc:
         raise AnnotationFileError(
             f"Annotation file {path} is not well-formed XML ({exc}). The file may be "
             "truncated, so export it again."

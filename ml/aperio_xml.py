@@ -81,9 +81,11 @@ def _vertices(region: Element) -> Ring:
         values = []
         for axis in ("X", "Y"):
             text = vertex.get(axis)
+            if text is None:
+                raise GeometryRejected(f"missing {axis} attribute at {where}")
             try:
                 number = float(text)
-            except (TypeError, ValueError):
+            except ValueError:
                 raise GeometryRejected(f"non-numeric coordinate {text!r} at {where}") from None
             values.append(coordinate_value(number, where))
         points.append((values[0], values[1]))

@@ -95,19 +95,21 @@ def _ordered_ring(annotation: Element) -> Ring:
         except ValueError:
             raise GeometryRejected(f"invalid Order {order_text!r} at {where}") from None
         point = (
-            coordinate_value(_number(coordinate.get("X"), where), where),
-            coordinate_value(_number(coordinate.get("Y"), where), where),
+            coordinate_value(_number(coordinate.get("X"), "X", where), where),
+            coordinate_value(_number(coordinate.get("Y"), "Y", where), where),
         )
         ordered.append((order, point))
     ordered.sort(key=lambda item: item[0])
     return [point for _, point in ordered]
 
 
-def _number(text: str | None, where: str) -> float:
-    """Parse an XML attribute as a number, naming the value when it is not one."""
+def _number(text: str | None, axis: str, where: str) -> float:
+    """Parse the X or Y attribute as a number, naming the value when it is not one."""
+    if text is None:
+        raise GeometryRejected(f"missing {axis} attribute at {where}")
     try:
         return float(text)
-    except (TypeError, ValueError):
+    except ValueError:
         raise GeometryRejected(f"non-numeric coordinate {text!r} at {where}") from None
 
 

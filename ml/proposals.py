@@ -45,11 +45,11 @@ from ml.sam import LoadedSam
 from ml.slide import Slide, WorkingFrame
 from ml.tile_journal import (
     TileJournal,
+    completed_in_grid,
     decode_instance,
     encode_instance,
-    journaled_indices,
-    replay_counts,
-    tile_payload,
+    record_tile,
+    replay_tile,
 )
 from ml.tile_masks import (
     TiledMaskSettings,
@@ -202,12 +202,7 @@ def propose(
         if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
     ]
     processed = {tile.index for tile in with_tissue}
-    journaled = journaled_indices(journal, processed)
-    if journaled:
-        logger.info(
-            "Resuming %s: %d of %d tiles with tissue taken from the journal",
-            slide.info.path.name, len(journaled), len(with_tissue),
-        )
+    journaled = completed_in_grid(journal, processed, slide.info.path.name)
     # One reader thread reads the next tile while SAM works on the current one, so the
     # "read" stage counts only the time spent waiting for pixels.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
@@ -220,10 +215,8 @@ def propose(
                 continue
             counts["tiles_processed"] += 1
             if tile.index in journaled:
-                payload = journaled[tile.index]
-                replay_counts(payload, counts)
                 candidates.extend(
-                    decode_instance(row, tile.index) for row in payload["instances"]
+                    replay_tile(journaled[tile.index], tile.index, counts, decode_instance)
                 )
             else:
                 wait_started = time.perf_counter()
@@ -236,9 +229,9 @@ def propose(
                     stage_seconds,
                 )
                 candidates.extend(tile_instances)
-                if journal is not None:
-                    rows = [encode_instance(instance) for instance in tile_instances]
-                    journal.record_tile(tile.index, tile_payload(rows, counts_before, counts))
+                record_tile(
+                    journal, tile.index, tile_instances, encode_instance, counts_before, counts
+                )
             if progress is not None:
                 progress(counts["tiles_processed"], len(with_tissue))
 

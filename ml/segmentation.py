@@ -51,11 +51,11 @@ from ml.model_files import LoadedClassAwareSam
 from ml.slide import Slide, WorkingFrame
 from ml.tile_journal import (
     TileJournal,
+    completed_in_grid,
     decode_instance,
     encode_instance,
-    journaled_indices,
-    replay_counts,
-    tile_payload,
+    record_tile,
+    replay_tile,
 )
 
 # Tiling, tile skipping and mask tracing are shared with the proposals, so both runs
@@ -331,12 +331,7 @@ def segment_slide(
         if tile_tissue_fraction(tile, frame, tissue) >= settings.min_tile_tissue_fraction
     ]
     processed = {tile.index for tile in with_tissue}
-    journaled = journaled_indices(journal, processed)
-    if journaled:
-        logger.info(
-            "Resuming %s: %d of %d tiles with tissue taken from the journal",
-            slide.info.path.name, len(journaled), len(with_tissue),
-        )
+    journaled = completed_in_grid(journal, processed, slide.info.path.name)
     # One reader thread reads the next tile with tissue while the model works on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
         upcoming = iter([tile for tile in with_tissue if tile.index not in journaled])
@@ -356,10 +351,8 @@ def segment_slide(
                 continue
             counts["tiles_processed"] += 1
             if tile.index in journaled:
-                payload = journaled[tile.index]
-                replay_counts(payload, counts)
                 candidates.extend(
-                    _decode_labeled(row, tile.index) for row in payload["instances"]
+                    replay_tile(journaled[tile.index], tile.index, counts, _decode_labeled)
                 )
             else:
                 rgb = next_read.result()
@@ -369,9 +362,9 @@ def segment_slide(
                     slide, frame, tile, rgb, class_aware, settings, tissue, counts
                 )
                 candidates.extend(tile_instances)
-                if journal is not None:
-                    rows = [_encode_labeled(labeled) for labeled in tile_instances]
-                    journal.record_tile(tile.index, tile_payload(rows, counts_before, counts))
+                record_tile(
+                    journal, tile.index, tile_instances, _encode_labeled, counts_before, counts
+                )
             if progress is not None:
                 progress(counts["tiles_processed"], len(with_tissue))
 

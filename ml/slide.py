@@ -48,6 +48,10 @@ GIVE_MPP_HINT = "--mpp on the command line, or 'Microns per pixel' in the upload
 # Only these suffixes may fall back to Pillow when OpenSlide does not recognise the file:
 # a whole-slide format that OpenSlide rejects is damaged, not a plain image.
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+# A plain image is decoded whole into memory as RGBA, 4 bytes per pixel, so one of 16 384²
+# px takes 1 GiB. Its header is checked first, because a few MB of PNG can declare far
+# more pixels, and large_image 1.35.6 sets Pillow's Image.MAX_IMAGE_PIXELS to None.
+MAX_PLAIN_IMAGE_PIXELS = 16384 * 16384
 READABLE_FORMATS = (
     "Aperio SVS, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Ventana BIF, Philips TIFF, "
     "DICOM WSI, tiled pyramidal TIFF, and PNG/JPEG/TIFF images when mpp is given"
@@ -390,10 +394,14 @@ def _open_handle(path: Path) -> tuple[openslide.AbstractSlide, str, dict[str, st
 
     try:
         with Image.open(path) as image:
+            _check_plain_image_size(path, image)
             image.load()
             properties = _pil_tiff_resolution_properties(image)
             rgba = _pil_to_rgba(path, image)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        # Pillow's own limit, when large_image has not switched it off in this process.
+        raise _too_large(path, str(exc)) from exc
+    except (OSError, SyntaxError) as exc:
         raise _unreadable(path, exc) from exc
     return openslide.ImageSlide(rgba), "image", properties
 
@@ -402,6 +410,21 @@ def _unreadable(path: Path, exc: Exception) -> SlideError:
     return SlideError(
         f"{path}: OpenSlide cannot read this file ({exc}). It may be truncated, corrupt "
         f"or a variant OpenSlide does not support. Readable formats: {READABLE_FORMATS}."
+    )
+
+
+def _check_plain_image_size(path: Path, image: Image.Image) -> None:
+    width_px, height_px = image.size
+    if width_px * height_px > MAX_PLAIN_IMAGE_PIXELS:
+        raise _too_large(path, f"{width_px} x {height_px} px")
+
+
+def _too_large(path: Path, size: str) -> SlideError:
+    return SlideError(
+        f"{path}: this plain image ({size}) is too large to decode into memory, which "
+        f"allows at most {MAX_PLAIN_IMAGE_PIXELS:,} px. Convert it to a tiled pyramidal "
+        "TIFF, e.g. with `vips tiffsave IN OUT.tif --tile --pyramid --compression jpeg`, "
+        "and import that."
     )
 
 

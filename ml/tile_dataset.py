@@ -76,6 +76,10 @@ DEFAULT_MIN_PEAK_HEIGHT_PX = 2.0
 # Flooding step of the watershed, in pixels of distance.
 _FLOOD_STEP_PX = 0.5
 
+# A tile is decoded as float32 RGBA, 16 bytes per pixel, so the largest allowed tile
+# (8192 x 8192 px) takes 1 GiB. Larger files are slides or corrupt headers, not tiles.
+MAX_TILE_PIXELS = 8192 * 8192
+
 _CLASS_FOLDER_PATTERN = re.compile(r"^(?P<class_index>\d+)_(?P<scale_index>\d+)_(?P<name>.+)$")
 _MASK_INFIX = "_mask_"
 _SOURCE_PATTERN = re.compile(r"^im_(?P<source>\d+)_(?P<patch>\d+)$")
@@ -481,7 +485,7 @@ def _read_sample(
 def read_image_rgb(path: Path) -> np.ndarray:
     """Read an image as (H, W, 3) uint8 RGB, composited on white by its alpha channel."""
     try:
-        with Image.open(path) as image:
+        with _open_tile_file(path, "Image") as image:
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
     except OSError as exc:
         raise TileDatasetError(
@@ -496,11 +500,11 @@ def read_binary_mask(path: Path) -> np.ndarray:
     """Read a 0/255 mask as an (H, W) bool array; the alpha channel is ignored.
 
     Raises:
-        TileDatasetError: The file cannot be read, its colour channels differ, or a pixel
-            is neither 0 nor 255.
+        TileDatasetError: The file cannot be read, has more than ``MAX_TILE_PIXELS``, its
+            colour channels differ, or a pixel is neither 0 nor 255.
     """
     try:
-        with Image.open(path) as image:
+        with _open_tile_file(path, "Mask") as image:
             if image.mode == "1":
                 return np.asarray(image, dtype=bool)
             if image.mode not in ("L", "RGB", "RGBA"):
@@ -529,6 +533,31 @@ def read_binary_mask(path: Path) -> np.ndarray:
             "(inside). Re-export it without anti-aliasing or threshold it at 128."
         )
     return array == 255
+
+
+def _open_tile_file(path: Path, kind: str) -> Image.Image:
+    """Open an image or mask lazily, rejecting one too large for a tile before it is decoded.
+
+    Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) cannot be relied on because
+    large_image 1.35, which the web app imports, sets it to None for the whole process.
+
+    Raises:
+        OSError: Pillow cannot identify the file.
+        TileDatasetError: The image has more than ``MAX_TILE_PIXELS``.
+    """
+    too_large = (
+        f"{kind} {path} has more than the {MAX_TILE_PIXELS:,} pixels a tile may have, so it "
+        "was not decoded. Cut large images into tiles (KI tiles are 256 x 256 px)."
+    )
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        # Raised only while Image.MAX_IMAGE_PIXELS is set, for more than twice that many pixels.
+        raise TileDatasetError(f"{too_large} Pillow: {exc}") from exc
+    if image.width * image.height > MAX_TILE_PIXELS:
+        image.close()
+        raise TileDatasetError(f"{too_large} It is {image.width} x {image.height} px.")
+    return image
 
 
 def split_instances(

@@ -12,12 +12,17 @@ The storage is the caller's: anything with ``completed_tiles`` and ``record_tile
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+import logging
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 import shapely
 
 from ml.instances import Instance
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TileJournal(Protocol):
@@ -76,16 +81,45 @@ def tile_payload(
     return {"instances": rows, "counts": added}
 
 
-def replay_counts(payload: dict, counts: dict[str, int]) -> None:
-    """Add a journaled tile's counter increments to ``counts``."""
-    for key, value in payload["counts"].items():
-        counts[key] = counts.get(key, 0) + value
+def completed_in_grid(
+    journal: TileJournal | None, indices: Iterable[int], slide_name: str
+) -> dict[int, dict]:
+    """Return the journal's payloads for the given tile indices, or {} without a journal.
 
-
-def journaled_indices(journal: TileJournal | None, indices: Iterable[int]) -> dict[int, dict]:
-    """Return the journal's payloads for the given tile indices, or {} without a journal."""
+    A row for a tile outside ``indices`` (another grid's tile) is left out.
+    """
     if journal is None:
         return {}
     in_grid = set(indices)
     completed = journal.completed_tiles()
-    return {index: payload for index, payload in completed.items() if index in in_grid}
+    journaled = {index: payload for index, payload in completed.items() if index in in_grid}
+    if journaled:
+        logger.info(
+            "Resuming %s: %d of %d tiles with tissue taken from the journal",
+            slide_name, len(journaled), len(in_grid),
+        )
+    return journaled
+
+
+def replay_tile(
+    payload: dict, tile_index: int, counts: dict[str, int], decode_row: Callable[[dict, int], T]
+) -> list[T]:
+    """Add a journaled tile's counter increments to ``counts`` and return its instances."""
+    for key, value in payload["counts"].items():
+        counts[key] = counts.get(key, 0) + value
+    return [decode_row(row, tile_index) for row in payload["instances"]]
+
+
+def record_tile(
+    journal: TileJournal | None,
+    tile_index: int,
+    instances: list[T],
+    encode_row: Callable[[T], dict],
+    counts_before: dict[str, int],
+    counts_after: dict[str, int],
+) -> None:
+    """Record a finished tile's instances and counter increments; without a journal, nothing."""
+    if journal is None:
+        return
+    rows = [encode_row(instance) for instance in instances]
+    journal.record_tile(tile_index, tile_payload(rows, counts_before, counts_after))

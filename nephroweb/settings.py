@@ -105,6 +105,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "channels",
     "apps.accounts",
     "apps.slides",
@@ -200,6 +201,31 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "apps.accounts.api.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# OpenAPI 3 schema of the REST API, built by drf-spectacular from the views and served
+# at /api/schema/ (docs/errors.md describes what the API fuzz test checks against it).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "nephroweb API",
+    "DESCRIPTION": "Slides, SAM proposals, review, training, read-outs and the audit log.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/",
+    # Request bodies get their own components, without the read-only fields.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Django's <int:...> matches digits only, so a negative id matches no route.
+    "PATH_CONVERTER_OVERRIDES": {"int": {"type": "integer", "minimum": 0}},
+    # Proposal runs and evaluations share one set of "status" choices. Model versions
+    # add "cancelled".
+    "ENUM_NAME_OVERRIDES": {
+        "TaskStatusEnum": "apps.annotations.models.ProposalRun.Status",
+        "ModelVersionStatusEnum": "apps.training.models.ModelVersion.Status",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "nephroweb.openapi.add_error_responses",
+    ],
 }
 
 # A worker renews the lease on its task row while it works. Another worker may take the
@@ -245,6 +271,34 @@ else:
         "store_processed": False,
     }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Sign-in throttle (apps/accounts/signin_throttle.py): MAX_FAILURES failed sign-ins for
+# one user name, or MAX_FAILURES_PER_IP from one client address, within WINDOW_S seconds
+# lock that name or address out for LOCK_S seconds. The counters live in the "signin"
+# cache: Redis when REDIS_URL is set, so that every web process shares them, otherwise
+# the memory of the demo's one web process.
+NEPHROWEB_SIGNIN_MAX_FAILURES = env_number("NEPHROWEB_SIGNIN_MAX_FAILURES", 5, int)
+NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP = env_number("NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP", 20, int)
+NEPHROWEB_SIGNIN_WINDOW_S = env_number("NEPHROWEB_SIGNIN_WINDOW_S", 900, int)
+NEPHROWEB_SIGNIN_LOCK_S = env_number("NEPHROWEB_SIGNIN_LOCK_S", 900, int)
+for _name in (
+    "NEPHROWEB_SIGNIN_MAX_FAILURES", "NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP",
+    "NEPHROWEB_SIGNIN_WINDOW_S", "NEPHROWEB_SIGNIN_LOCK_S",
+):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1.")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "signin": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "nephroweb-signin",
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signin"}
+    ),
+}
 
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -1,12 +1,18 @@
 """REST endpoints of the audit log: the filtered events as JSON pages and as CSV. Admins only."""
 
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nephroweb.openapi import error_response
+
 from . import audit
 from .audit_log import AuditFilterForm, event_row, events_csv, filter_values, filtered_events
+from .models import AuditEvent
 from .permissions import has_perm
 
 VIEW_AUDIT_LOG = has_perm("accounts.view_auditevent")
@@ -16,6 +22,38 @@ class AuditEventPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+# The query parameters of AuditFilterForm, for the OpenAPI schema.
+FILTER_PARAMETERS = [
+    OpenApiParameter("user", str, description="User name, exact."),
+    OpenApiParameter("action", str, enum=AuditEvent.Action.values),
+    OpenApiParameter("slide", int, description="Slide id, at least 1."),
+    OpenApiParameter("date_from", OpenApiTypes.DATE, description="First day (UTC), inclusive."),
+    OpenApiParameter("date_to", OpenApiTypes.DATE, description="Last day (UTC), inclusive."),
+]
+
+
+class AuditEventRowSerializer(serializers.Serializer):
+    """One event as ``event_row`` returns it."""
+
+    id = serializers.IntegerField()
+    time_utc = serializers.DateTimeField()
+    username = serializers.CharField()
+    user_id = serializers.IntegerField(allow_null=True)
+    action = serializers.CharField()
+    target_type = serializers.CharField()
+    target_id = serializers.IntegerField(allow_null=True)
+    slide_id = serializers.IntegerField(allow_null=True)
+    ip_address = serializers.CharField(allow_null=True)
+    detail = serializers.JSONField()
+
+
+class AuditEventPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = AuditEventRowSerializer(many=True)
 
 
 def _filters_or_errors(request):
@@ -31,6 +69,18 @@ class AuditEventListView(APIView):
 
     permission_classes = [VIEW_AUDIT_LOG]
 
+    @extend_schema(
+        parameters=FILTER_PARAMETERS + [
+            OpenApiParameter("page", int, description="Page number, from 1."),
+            OpenApiParameter(
+                "page_size", int, description="Events per page, 50 unless given, at most 500."
+            ),
+        ],
+        responses={
+            200: AuditEventPageSerializer,
+            404: error_response("The page number is past the last page."),
+        },
+    )
     def get(self, request):
         filters, errors = _filters_or_errors(request)
         if errors is not None:
@@ -45,6 +95,7 @@ class AuditEventCSVView(APIView):
 
     permission_classes = [VIEW_AUDIT_LOG]
 
+    @extend_schema(parameters=FILTER_PARAMETERS, responses={(200, "text/csv"): OpenApiTypes.STR})
     def get(self, request):
         filters, errors = _filters_or_errors(request)
         if errors is not None:

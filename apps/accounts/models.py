@@ -31,7 +31,7 @@ class AuditEvent(models.Model):
 
     ``user`` becomes NULL when the user is deleted, but ``username`` keeps the name. An
     empty ``username`` with no user means the command line or a worker, except for
-    ``login_failed``, where ``username`` is the name that was typed.
+    ``login_failed`` and ``login_locked``, where ``username`` is the name that was typed.
     """
 
     class Action(models.TextChoices):
@@ -50,6 +50,8 @@ class AuditEvent(models.Model):
         EVALUATE = "evaluate", "started an evaluation"
         LOGIN = "login", "signed in"
         LOGIN_FAILED = "login_failed", "failed to sign in"
+        LOGIN_LOCKED = "login_locked", "was locked out after failed sign-ins"
+        LOGIN_UNLOCKED = "login_unlocked", "unlocked sign-in"
         LOGOUT = "logout", "signed out"
 
     class Target(models.TextChoices):
@@ -65,6 +67,7 @@ class AuditEvent(models.Model):
         REPORT_FILE = "report_file"
         COHORT = "cohort"
         USER = "user"
+        CLIENT_ADDRESS = "client_address"
         AUDIT_LOG = "audit_log"
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)

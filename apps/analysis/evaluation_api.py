@@ -1,12 +1,14 @@
 """REST endpoints of model evaluations: start one (admins), read one (pathologists, admins)."""
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import has_perm
 from apps.training.models import ModelVersion
+from nephroweb.openapi import error_response
 
 from . import evaluations
 from .models import ModelEvaluation
@@ -29,10 +31,10 @@ class ModelEvaluationSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
 
-    def get_leakage_warning(self, evaluation):
+    def get_leakage_warning(self, evaluation) -> str:
         return evaluations.leakage_warning(evaluation)
 
-    def get_stale(self, evaluation):
+    def get_stale(self, evaluation) -> bool | None:
         """Return whether the inputs changed since the evaluation succeeded, or None before."""
         if evaluation.status != ModelEvaluation.Status.SUCCEEDED:
             return None
@@ -42,6 +44,13 @@ class ModelEvaluationSerializer(serializers.ModelSerializer):
 class ModelEvaluationListView(APIView):
     permission_classes = [EVALUATE]
 
+    @extend_schema(
+        request=None,
+        responses={
+            202: ModelEvaluationSerializer,
+            400: error_response("Nothing can be evaluated yet. The message names the next step."),
+        },
+    )
     def post(self, request, version_id):
         version = get_object_or_404(ModelVersion, pk=version_id)
         evaluation = evaluations.start_evaluation(version, user=request.user)
@@ -51,6 +60,7 @@ class ModelEvaluationListView(APIView):
 class ModelEvaluationDetailView(APIView):
     permission_classes = [VIEW]
 
+    @extend_schema(responses=ModelEvaluationSerializer)
     def get(self, request, evaluation_id):
         evaluation = get_object_or_404(
             ModelEvaluation.objects.select_related("model_version", "created_by"), pk=evaluation_id

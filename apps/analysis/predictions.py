@@ -106,7 +106,9 @@ def load_run_predictions(run: ProposalRun) -> list[Prediction]:
         raise PredictionsFileError(
             f"The predictions file of run {run.pk} is missing: {path}. Segment the slide again."
         ) from error
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # shapely's shape() raises AttributeError for a geometry that is null or not an
+        # object.
         raise PredictionsFileError(
             f"The predictions file of run {run.pk} cannot be read ({path}): {error}. "
             "Segment the slide again."

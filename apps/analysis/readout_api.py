@@ -1,6 +1,7 @@
 """REST endpoints of clinical read-outs: the numbers per source and the IFTA regions."""
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -31,7 +32,7 @@ class SlideReadoutSerializer(serializers.ModelSerializer):
 
     label = serializers.SerializerMethodField()
     model_version_name = serializers.CharField(
-        source="model_version.name", default=None, read_only=True
+        source="model_version.name", default=None, read_only=True, allow_null=True
     )
     glomerulosclerosis_reason = serializers.SerializerMethodField()
     banff_note = serializers.SerializerMethodField()
@@ -47,16 +48,36 @@ class SlideReadoutSerializer(serializers.ModelSerializer):
             "computed_at",
         ]
 
-    def get_label(self, readout):
+    def get_label(self, readout) -> str:
         return readouts.readout_label(readout.source, readout.model_version)
 
-    def get_glomerulosclerosis_reason(self, readout):
+    def get_glomerulosclerosis_reason(self, readout) -> str:
         if readout.glomerulosclerosis_pct is not None:
             return ""
         return clinical.glomerulosclerosis(0, 0).reason
 
-    def get_banff_note(self, readout):
+    def get_banff_note(self, readout) -> str:
         return clinical.BANFF_PROXY_NOTE if readout.banff_ci is not None else ""
+
+
+class IftaRegionPropertiesSerializer(serializers.Serializer):
+    area_um2 = serializers.FloatField()
+
+
+class IftaRegionSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="Always 'Feature'.")
+    geometry = serializers.JSONField(help_text="GeoJSON Polygon in level-0 pixels.")
+    properties = IftaRegionPropertiesSerializer()
+
+
+class IftaRegionsSerializer(serializers.Serializer):
+    """Shape of ``ifta_feature_collection``'s result, for the OpenAPI schema."""
+
+    type = serializers.CharField(help_text="Always 'FeatureCollection'.")
+    features = IftaRegionSerializer(many=True)
+    source = serializers.CharField()
+    label = serializers.CharField()
+    ifta_pct = serializers.FloatField(allow_null=True)
 
 
 class SlideReadoutListView(APIView):
@@ -64,6 +85,7 @@ class SlideReadoutListView(APIView):
 
     permission_classes = [VIEW_READOUTS]
 
+    @extend_schema(responses=SlideReadoutSerializer(many=True))
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         rows = readouts.slide_readouts(slide)
@@ -75,6 +97,7 @@ class IftaRegionsView(APIView):
 
     permission_classes = [VIEW_READOUTS]
 
+    @extend_schema(parameters=[ReadoutQuerySerializer], responses=IftaRegionsSerializer)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         query = ReadoutQuerySerializer(data=request.query_params)

@@ -3,6 +3,8 @@
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.text import slugify
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -14,6 +16,7 @@ from .readout_exports import readouts_csv
 from .report_agreement import FilterError, parse_cohort
 
 EXPORT_PERMISSIONS = ("slides.view_slide", "annotations.export_instances")
+CSV_RESPONSE = {(200, "text/csv"): OpenApiTypes.STR}
 
 
 def _csv_response(text: str, file_name: str) -> HttpResponse:
@@ -26,6 +29,7 @@ def _csv_response(text: str, file_name: str) -> HttpResponse:
 class SlideReadoutsCSVView(APIView):
     permission_classes = [has_perm(*EXPORT_PERMISSIONS)]
 
+    @extend_schema(responses=CSV_RESPONSE)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         file_name = f"slide-{slide.pk}-readouts.csv"
@@ -42,6 +46,12 @@ class CohortReadoutsCSVView(APIView):
 
     permission_classes = [has_perm(*EXPORT_PERMISSIONS)]
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("cohort", str, description="A cohort name, or blank for all cohorts.")
+        ],
+        responses=CSV_RESPONSE,
+    )
     def get(self, request):
         try:
             cohort = parse_cohort(request.query_params.get("cohort"))

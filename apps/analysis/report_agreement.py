@@ -158,9 +158,12 @@ def parse_cohort(value: str | None) -> str:
     """Return the cohort filter: blank for all cohorts, else a cohort some slide is in.
 
     Raises:
-        FilterError: no slide is in the named cohort.
+        FilterError: no slide is in the named cohort, or the name contains a NUL character
+            (which PostgreSQL refuses in a query).
     """
     cohort = (value or "").strip()
+    if "\x00" in cohort:
+        raise FilterError("cohort: the name contains a NUL character (\\x00). Remove it.")
     if cohort and not Slide.objects.filter(cohort=cohort).exists():
         known = ", ".join(repr(name) for name in cohort_choices()) or "none yet"
         raise FilterError(f"cohort: no slide is in cohort {cohort!r}. Known cohorts: {known}.")

@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ MAX_REPORT_CSV_BYTES = 1024 * 1024
 REQUIRED_COLUMNS = ("patient", "report_ifta_pct")
 OPTIONAL_COLUMNS = ("section", "cohort")
 MAX_ID_LENGTH = 64
+# A plain decimal number such as 12, 12.5, .5 or 1e1. Python's float() also accepts
+# "nan", "inf", "1_0" and non-ASCII digits, which in a report cell are typing errors.
+_DECIMAL_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 class ReportError(NephrowebError, ValueError):
@@ -63,21 +67,26 @@ def parse_report_pct(value, field: str = "report_ifta_pct") -> float | None:
         text = value.strip()
         if not text:
             return None
-        try:
-            number = float(text)
-        except ValueError:
+        if not _DECIMAL_NUMBER.fullmatch(text):
             raise ReportError(
                 f"{field}: {text!r} is not a number. Write a percentage such as 12.5 "
                 f"(no % sign, '.' as decimal point)."
-            ) from None
+            )
+        number = float(text)
     else:
         number = float(value)
-    if not math.isfinite(number) or not 0.0 <= number <= 100.0:
+    if not math.isfinite(number):
+        raise ReportError(
+            f"{field}: {str(value).strip()!r} is not a finite number. Write a percentage "
+            "from 0 to 100."
+        )
+    if not 0.0 <= number <= 100.0:
         raise ReportError(
             f"{field}: {number:g} is outside 0-100. Write a percentage, not a fraction "
             f"(12.5, not 0.125)."
         )
-    return number
+    # -0 is stored and shown as 0.
+    return number + 0.0
 
 
 def set_slide_report(slide: Slide, report_ifta_pct) -> Slide:
@@ -233,37 +242,79 @@ def _check_size(file_name: str, size: int) -> None:
 
 
 def _parse_rows(file_name: str, text: str) -> list[_ReportRow]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise ReportError(
+            f"{file_name} line {line}: contains a NUL character, so it is not a text CSV file. "
+            "Save it as a UTF-8 CSV."
+        )
+    # strict: a stray quote or an unclosed quoted cell is an error, not part of a value.
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = [name.strip() for name in (reader.fieldnames or [])]
+        header = _header(file_name, reader.fieldnames or [])
     except csv.Error as exc:
         raise ReportError(f"{file_name} is not a valid CSV file: {exc}.") from None
     reader.fieldnames = header
-    missing = [column for column in REQUIRED_COLUMNS if column not in header]
-    if missing:
-        raise ReportError(
-            f"{file_name} line 1: missing the columns {', '.join(missing)}. Found: "
-            f"{', '.join(header) or 'no header'}. The first line must name the columns "
-            f"patient and report_ifta_pct, and may name section and cohort."
-            + (" Separate the columns with commas, not semicolons." if ";" in "".join(header) else "")
-        )
 
     rows = []
     errors = []
     try:
         for record in reader:
             line = reader.line_num
+            if None in record:
+                # DictReader puts the cells beyond the header under the key None.
+                errors.append(
+                    f"{file_name} line {line}: {len(header) + len(record[None])} cells, but "
+                    f"the header names {len(header)} columns. Quote a value that contains a "
+                    "comma, and write decimals with '.' (12.5, not 12,5)."
+                )
+                continue
             row, problems = _parse_record(file_name, line, record)
             errors.extend(problems)
             if row is not None:
                 rows.append(row)
     except csv.Error as exc:
-        raise ReportError(f"{file_name} line {reader.line_num}: invalid CSV: {exc}.") from None
+        # DictReader.line_num is only updated after a record is complete, so the line where
+        # parsing stopped comes from the underlying reader.
+        line = reader.reader.line_num
+        raise ReportError(f"{file_name} line {line}: invalid CSV: {exc}.") from None
     if errors:
         raise ReportError("\n".join(errors))
     if not rows:
         raise ReportError(f"{file_name} has a header but no rows. Add one row per report.")
     return rows
+
+
+def _header(file_name: str, names: list[str]) -> list[str]:
+    """Return the column names, stripped and lower-cased, after checking them.
+
+    Raises:
+        ReportError: A column appears twice, or a required column is missing.
+    """
+    header = [name.strip().lower() for name in names]
+    repeated = sorted({name for name in header if name and header.count(name) > 1})
+    if repeated:
+        named = (
+            f"the column {repeated[0]} appears" if len(repeated) == 1
+            else f"the columns {', '.join(repeated)} appear"
+        )
+        raise ReportError(
+            f"{file_name} line 1: {named} more than once. Keep one column of each name."
+        )
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        joined = "".join(header)
+        separator_hint = ""
+        if ";" in joined:
+            separator_hint = " Separate the columns with commas, not semicolons."
+        elif "\t" in joined:
+            separator_hint = " Separate the columns with commas, not tabs."
+        raise ReportError(
+            f"{file_name} line 1: missing the columns {', '.join(missing)}. Found: "
+            f"{', '.join(header) or 'no header'}. The first line must name the columns "
+            f"patient and report_ifta_pct, and may name section and cohort." + separator_hint
+        )
+    return header
 
 
 def _parse_record(file_name: str, line: int, record: dict) -> tuple[_ReportRow | None, list[str]]:
@@ -276,9 +327,15 @@ def _parse_record(file_name: str, line: int, record: dict) -> tuple[_ReportRow |
     if not patient_id:
         problems.append(f"{where}, column patient: the cell is empty. Fill in the patient id.")
     elif len(patient_id) > MAX_ID_LENGTH:
-        problems.append(f"{where}, column patient: longer than {MAX_ID_LENGTH} characters.")
+        problems.append(
+            f"{where}, column patient: longer than {MAX_ID_LENGTH} characters, so no slide "
+            "can have this patient id. Write the patient id as the slides have it."
+        )
     if len(cohort) > MAX_ID_LENGTH:
-        problems.append(f"{where}, column cohort: longer than {MAX_ID_LENGTH} characters.")
+        problems.append(
+            f"{where}, column cohort: longer than {MAX_ID_LENGTH} characters, so no slide "
+            "can be in this cohort. Write the cohort as the slides have it."
+        )
 
     section = None
     if section_text:
@@ -356,13 +413,17 @@ def _match_rows(
                 patient_updates[(cohorts[0], row.patient_id)] = row.value
     if unmatched:
         errors.append(
-            f"{file_name}: {len(unmatched)} rows match no slide (columns patient, section, "
+            f"{file_name}: {_rows_match(len(unmatched))} no slide (columns patient, section, "
             f"cohort): {'; '.join(unmatched)}. Import those slides with their patient id "
             f"and section first, or correct the rows."
         )
     if errors:
         raise ReportError("\n".join(errors))
     return slide_updates, patient_updates
+
+
+def _rows_match(count: int) -> str:
+    return "1 row matches" if count == 1 else f"{count} rows match"
 
 
 def _report_target(row: _ReportRow, candidates: list[Slide], cohorts: list[str]) -> tuple:

@@ -6,6 +6,8 @@ from pathlib import Path
 from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -21,7 +23,19 @@ from . import csv_export, segmentation, services
 from .geojson import export_feature_collection
 from .importing import NothingImportedError, import_annotations
 from .models import Instance, ProposalRun
-from .serializers import ProposalRunRequestSerializer, ProposalRunSerializer, ViewportSerializer
+from .serializers import (
+    AnnotationImportRequestSerializer,
+    ImportReportSerializer,
+    ProposalRunRequestSerializer,
+    ProposalRunSerializer,
+    SegmentationModelSerializer,
+    ViewportFeatureCollectionSerializer,
+    ViewportSerializer,
+)
+
+# Responses that are files, not JSON. Their errors are JSON, as everywhere in the API.
+CSV_RESPONSE = {(200, "text/csv"): OpenApiTypes.STR}
+GEOJSON_RESPONSE = {(200, "application/geo+json"): OpenApiTypes.OBJECT}
 from .viewport import viewport_feature_collection
 
 
@@ -31,11 +45,13 @@ class ProposalRunListView(APIView):
             return [has_perm("slides.view_slide", "annotations.add_proposalrun")()]
         return [has_perm("slides.view_slide", "annotations.view_proposalrun")()]
 
+    @extend_schema(responses=ProposalRunSerializer(many=True))
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         runs = ProposalRun.objects.filter(slide=slide)[:20]
         return Response(ProposalRunSerializer(runs, many=True).data)
 
+    @extend_schema(request=ProposalRunRequestSerializer, responses={201: ProposalRunSerializer})
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         form = ProposalRunRequestSerializer(data=request.data)
@@ -63,6 +79,7 @@ class SegmentationModelListView(APIView):
 
     permission_classes = [has_perm("annotations.view_proposalrun")]
 
+    @extend_schema(responses=SegmentationModelSerializer(many=True))
     def get(self, request):
         versions = segmentation.usable_model_versions()
         return Response([
@@ -81,6 +98,7 @@ class SegmentationModelListView(APIView):
 class ProposalRunDetailView(APIView):
     permission_classes = [has_perm("annotations.view_proposalrun")]
 
+    @extend_schema(responses=ProposalRunSerializer)
     def get(self, request, run_id):
         return Response(ProposalRunSerializer(get_object_or_404(ProposalRun, pk=run_id)).data)
 
@@ -90,6 +108,7 @@ class InstanceViewportView(APIView):
 
     permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
 
+    @extend_schema(parameters=[ViewportSerializer], responses=ViewportFeatureCollectionSerializer)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         query = ViewportSerializer(data=request.query_params)
@@ -104,6 +123,7 @@ class InstanceViewportView(APIView):
 class GeoJSONExportView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
+    @extend_schema(responses=GEOJSON_RESPONSE)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         instances = Instance.objects.filter(slide=slide).exclude(
@@ -129,6 +149,7 @@ def _csv_response(text: str, filename: str) -> HttpResponse:
 class SlideCountsCSVView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
+    @extend_schema(responses=CSV_RESPONSE)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         file_name = f"slide-{slide.pk}-counts.csv"
@@ -140,6 +161,7 @@ class SlideCountsCSVView(APIView):
 class CohortCountsCSVView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
+    @extend_schema(responses=CSV_RESPONSE)
     def get(self, request):
         response = _csv_response(
             csv_export.counts_csv(Slide.objects.order_by("id")), "cohort-counts.csv"
@@ -151,6 +173,7 @@ class CohortCountsCSVView(APIView):
 class CohortReviewersCSVView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.export_instances")]
 
+    @extend_schema(responses=CSV_RESPONSE)
     def get(self, request):
         response = _csv_response(
             csv_export.reviewers_csv(Slide.objects.order_by("id")), "cohort-reviewers.csv"
@@ -165,6 +188,9 @@ class AnnotationImportView(APIView):
     parser_classes = [MultiPartParser]
     permission_classes = [has_perm("slides.view_slide", "annotations.import_instances")]
 
+    @extend_schema(
+        request=AnnotationImportRequestSerializer, responses={201: ImportReportSerializer}
+    )
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         upload = request.FILES.get("file")

@@ -9,7 +9,7 @@ class ProposalRunSerializer(serializers.ModelSerializer):
     """A proposal run; ``model_version`` is set for a segmentation run of that version."""
 
     model_version_name = serializers.CharField(
-        source="model_version.name", default=None, read_only=True
+        source="model_version.name", default=None, read_only=True, allow_null=True
     )
     seconds_remaining = serializers.SerializerMethodField()
 
@@ -77,3 +77,80 @@ def instance_feature(instance) -> dict:
     properties["model_version_name"] = run.model_version.name if run and run.model_version_id else None
     return {"type": "Feature", "id": instance.pk, "geometry": instance.geometry,
             "properties": properties}
+
+
+# Shapes of the hand-built responses below, for the OpenAPI schema (nephroweb/openapi.py).
+
+
+class ViewportFeaturePropertiesSerializer(serializers.Serializer):
+    class_name = serializers.CharField(help_text="Empty for an unlabelled proposal.")
+    review_state = serializers.CharField()
+    source = serializers.CharField()
+    predicted_iou = serializers.FloatField(allow_null=True)
+    stability_score = serializers.FloatField(allow_null=True)
+    class_confidence = serializers.FloatField(allow_null=True)
+    area_um2 = serializers.FloatField()
+    version = serializers.IntegerField()
+    model_version_name = serializers.CharField(allow_null=True)
+
+
+class InstanceFeaturePropertiesSerializer(ViewportFeaturePropertiesSerializer):
+    slide = serializers.IntegerField()
+
+
+class ViewportFeatureSerializer(serializers.Serializer):
+    """An instance as a GeoJSON Feature in level-0 pixels, as the viewport lists it."""
+
+    type = serializers.CharField(help_text="Always 'Feature'.")
+    id = serializers.IntegerField()
+    geometry = serializers.JSONField(help_text="GeoJSON Polygon or MultiPolygon.")
+    properties = ViewportFeaturePropertiesSerializer()
+
+
+class InstanceFeatureSerializer(ViewportFeatureSerializer):
+    """One instance as a GeoJSON Feature in level-0 pixels (``instance_feature``)."""
+
+    properties = InstanceFeaturePropertiesSerializer()
+
+
+class ViewportFeatureCollectionSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="Always 'FeatureCollection'.")
+    features = ViewportFeatureSerializer(many=True)
+    truncated = serializers.BooleanField(help_text="More instances overlap than ``limit``.")
+
+
+class SegmentationModelSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    class_names = serializers.ListField(child=serializers.CharField())
+    mpp = serializers.FloatField()
+    best_epoch = serializers.IntegerField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class AnnotationImportRequestSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="QuPath GeoJSON, ASAP XML or Aperio XML.")
+    mapping = serializers.CharField(
+        required=False,
+        help_text='JSON object from class names in the file to classes, "" to leave one out.',
+    )
+
+
+class SkippedAnnotationSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class ImportReportSerializer(serializers.Serializer):
+    """Counts of an annotation import, created and left out (``ImportReport.as_dict``)."""
+
+    source = serializers.CharField()
+    format = serializers.CharField()
+    created = serializers.IntegerField()
+    created_per_class = serializers.DictField(child=serializers.IntegerField())
+    left_out_by_mapping = serializers.DictField(child=serializers.IntegerField())
+    skipped = SkippedAnnotationSerializer(many=True)
+    outside_slide = serializers.IntegerField()
+    clipped = serializers.IntegerField()
+    repaired = serializers.IntegerField()
+    approximated_splines = serializers.IntegerField()

@@ -126,9 +126,17 @@ def import_tile_dataset(
     dataset = read_tile_dataset(root, class_map=class_map, stains=stains)
     if not dataset.samples:
         stain_text = f" of stain {', '.join(sorted(stains))}" if stains else ""
+        unpaired_text = ""
+        unpaired_count = len(dataset.unpaired_files)
+        if unpaired_count:
+            files_have = "1 file has" if unpaired_count == 1 else f"{unpaired_count} files have"
+            unpaired_text = (
+                f" {files_have} no partner image or mask, for example "
+                f"{dataset.unpaired_files[0]}."
+            )
         raise TileDatasetError(
             f"Tile dataset folder {root} has no image/mask pair{stain_text} in a class folder "
-            "that the class map keeps. Check the folder and the --stain option."
+            f"that the class map keeps.{unpaired_text} Check the folder and the --stain option."
         )
     _check_classes_configured(dataset.samples)
     patient_id = f"{patient_prefix}{root.name}"
@@ -139,7 +147,13 @@ def import_tile_dataset(
             "--patient-prefix."
         )
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(root)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TileDatasetError(
+            f"Output folder {output_dir} for the mosaics cannot be created "
+            f"({exc.strerror or exc}). Pass a folder, not a file, as --output-dir."
+        ) from exc
 
     result = TileDatasetImport(
         root=root,

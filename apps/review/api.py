@@ -2,6 +2,7 @@
 assignments, evaluation regions and the class list."""
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -9,8 +10,9 @@ from rest_framework.views import APIView
 from apps.accounts.permissions import has_perm
 from apps.annotations.classes import configured_classes
 from apps.annotations.models import EvaluationRegion, Instance, InstanceEvent
-from apps.annotations.serializers import instance_feature
+from apps.annotations.serializers import InstanceFeatureSerializer, instance_feature
 from apps.slides.models import Slide
+from nephroweb.openapi import error_response
 
 from . import prompting, selectors, services
 from .models import SlideAssignment
@@ -18,9 +20,14 @@ from .serializers import (
     AssignmentSerializer,
     ChangeSerializer,
     DrawSerializer,
+    EvaluationRegionRequestSerializer,
+    EvaluationRegionSerializer,
     EventSerializer,
     PromptSerializer,
     QueueQuerySerializer,
+    ReviewClassSerializer,
+    SlideProgressSerializer,
+    UndoSerializer,
 )
 
 # Permission each change needs, on top of viewing the slide.
@@ -31,11 +38,15 @@ CHANGE_PERMISSIONS = {
     "edit": "annotations.review_instance",
     "relabel": "annotations.relabel_instance",
 }
+CONFLICT = error_response(
+    "The instance changed since the given version; the body adds its current state."
+)
 
 
 class ClassListView(APIView):
     permission_classes = [has_perm("slides.view_slide")]
 
+    @extend_schema(responses=ReviewClassSerializer(many=True))
     def get(self, request):
         return Response([
             {"name": c.name, "color": c.color_hex, "key": c.key, "trainable": c.trainable}
@@ -49,9 +60,17 @@ class InstanceDetailView(APIView):
             return [has_perm("slides.view_slide", "annotations.delete_instance")()]
         return [has_perm("slides.view_slide", "annotations.view_instance")()]
 
+    @extend_schema(responses=InstanceFeatureSerializer)
     def get(self, request, instance_id):
         return Response(instance_feature(get_object_or_404(Instance, pk=instance_id)))
 
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "version", int, required=True,
+            description="The version the reviewer saw. A JSON body {\"version\": N} also works.",
+        )],
+        responses={204: None, 409: CONFLICT},
+    )
     def delete(self, request, instance_id):
         form = ChangeSerializer(data=request.data or request.query_params)
         form.is_valid(raise_exception=True)
@@ -63,9 +82,19 @@ class InstanceChangeView(APIView):
     """POST /api/instances/<id>/<action>/ with {"version": N, ...}."""
 
     def get_permissions(self):
-        permission = CHANGE_PERMISSIONS.get(self.kwargs["action"], "annotations.review_instance")
+        # Schema generation builds the view without URL arguments, so no "action" there.
+        action = self.kwargs.get("action")
+        permission = CHANGE_PERMISSIONS.get(action, "annotations.review_instance")
         return [has_perm("slides.view_slide", permission)()]
 
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "action", str, OpenApiParameter.PATH, enum=sorted(CHANGE_PERMISSIONS),
+            description="relabel needs class_name, edit needs geometry.",
+        )],
+        request=ChangeSerializer,
+        responses={200: InstanceFeatureSerializer, 409: CONFLICT},
+    )
     def post(self, request, instance_id, action):
         form = ChangeSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -97,6 +126,7 @@ class InstanceChangeView(APIView):
 class DrawView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
 
+    @extend_schema(request=DrawSerializer, responses={201: InstanceFeatureSerializer})
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         form = DrawSerializer(data=request.data)
@@ -110,6 +140,13 @@ class PromptView(APIView):
 
     permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
 
+    @extend_schema(
+        request=PromptSerializer,
+        responses={
+            201: InstanceFeatureSerializer,
+            422: error_response("SAM found no object at the prompt."),
+        },
+    )
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         form = PromptSerializer(data=request.data)
@@ -125,6 +162,10 @@ class PromptView(APIView):
 class UndoView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.review_instance")]
 
+    @extend_schema(
+        request=None,
+        responses={200: UndoSerializer, 400: error_response("Nothing of yours to undo.")},
+    )
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         undo = services.undo_last(slide, user=request.user)
@@ -139,6 +180,7 @@ class UndoView(APIView):
 class InstanceHistoryView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
 
+    @extend_schema(responses=EventSerializer(many=True))
     def get(self, request, instance_id):
         events = InstanceEvent.objects.filter(instance_ref=instance_id).select_related("user")
         return Response(EventSerializer(events[:200], many=True).data)
@@ -147,6 +189,7 @@ class InstanceHistoryView(APIView):
 class SlideHistoryView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
 
+    @extend_schema(responses=EventSerializer(many=True))
     def get(self, request, slide_id):
         events = InstanceEvent.objects.filter(slide_id=slide_id).select_related("user")
         return Response(EventSerializer(events[:200], many=True).data)
@@ -155,6 +198,13 @@ class SlideHistoryView(APIView):
 class QueueView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
 
+    @extend_schema(
+        parameters=[QueueQuerySerializer],
+        responses={
+            200: InstanceFeatureSerializer(many=True),
+            404: error_response("No slide has the id given in 'slide'."),
+        },
+    )
     def get(self, request):
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -172,6 +222,7 @@ class QueueView(APIView):
 class SlideProgressView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.view_instance")]
 
+    @extend_schema(responses=SlideProgressSerializer)
     def get(self, request, slide_id):
         return Response(selectors.slide_progress(get_object_or_404(Slide, pk=slide_id)))
 
@@ -182,12 +233,14 @@ class AssignmentListView(APIView):
             return [has_perm("review.assign_reviewers")()]
         return [has_perm("slides.view_slide")()]
 
+    @extend_schema(responses=AssignmentSerializer(many=True))
     def get(self, request):
         assignments = SlideAssignment.objects.select_related("reviewer", "assigned_by")
         if not request.user.has_perm("review.assign_reviewers"):
             assignments = assignments.filter(reviewer=request.user)
         return Response(AssignmentSerializer(assignments, many=True).data)
 
+    @extend_schema(request=AssignmentSerializer, responses={201: AssignmentSerializer})
     def post(self, request):
         form = AssignmentSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -201,6 +254,7 @@ class AssignmentListView(APIView):
 class AssignmentDetailView(APIView):
     permission_classes = [has_perm("review.assign_reviewers")]
 
+    @extend_schema(responses={204: None})
     def delete(self, request, assignment_id):
         assignment = get_object_or_404(
             SlideAssignment.objects.select_related("reviewer"), pk=assignment_id
@@ -221,14 +275,20 @@ class EvaluationRegionListView(APIView):
             return [has_perm("slides.view_slide", "annotations.add_evaluationregion")()]
         return [has_perm("slides.view_slide", "annotations.view_evaluationregion")()]
 
+    @extend_schema(responses=EvaluationRegionSerializer(many=True))
     def get(self, request, slide_id):
         regions = EvaluationRegion.objects.filter(slide_id=slide_id).select_related("created_by")
         return Response([_region_json(r) for r in regions])
 
+    @extend_schema(
+        request=EvaluationRegionRequestSerializer, responses={201: EvaluationRegionSerializer}
+    )
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
+        form = EvaluationRegionRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
         region = services.add_evaluation_region(
-            slide, user=request.user, geometry=request.data.get("geometry")
+            slide, user=request.user, geometry=form.validated_data["geometry"]
         )
         return Response(_region_json(region), status=status.HTTP_201_CREATED)
 
@@ -236,6 +296,7 @@ class EvaluationRegionListView(APIView):
 class EvaluationRegionDetailView(APIView):
     permission_classes = [has_perm("slides.view_slide", "annotations.delete_evaluationregion")]
 
+    @extend_schema(responses={204: None})
     def delete(self, request, region_id):
         services.remove_evaluation_region(
             get_object_or_404(EvaluationRegion, pk=region_id), user=request.user

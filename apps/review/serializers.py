@@ -2,6 +2,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from apps.annotations.models import InstanceEvent
+from apps.annotations.serializers import InstanceFeatureSerializer
 from apps.slides.models import Slide
 
 from .models import SlideAssignment
@@ -57,3 +58,42 @@ class AssignmentSerializer(serializers.ModelSerializer):
         model = SlideAssignment
         fields = ["id", "slide", "reviewer", "assigned_by", "created_at"]
         read_only_fields = ["id", "assigned_by", "created_at"]
+
+
+# Shapes of the hand-built responses of apps/review/api.py, for the OpenAPI schema.
+
+
+class ReviewClassSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    color = serializers.CharField(help_text="Display colour, #rrggbb.")
+    key = serializers.CharField(help_text="Keyboard key that assigns the class.")
+    trainable = serializers.BooleanField()
+
+
+class UndoSerializer(serializers.Serializer):
+    undone = EventSerializer(help_text="The event that was undone.")
+    instance = InstanceFeatureSerializer(allow_null=True, help_text="The restored instance.")
+    deleted_id = serializers.IntegerField(
+        allow_null=True, help_text="Id of the instance the undo removed, else null."
+    )
+
+
+class SlideProgressSerializer(serializers.Serializer):
+    slide = serializers.IntegerField()
+    total = serializers.IntegerField()
+    by_state = serializers.DictField(child=serializers.IntegerField())
+    by_class = serializers.DictField(child=serializers.IntegerField())
+    by_reviewer = serializers.DictField(child=serializers.IntegerField())
+    reviewed_fraction = serializers.FloatField(allow_null=True)
+
+
+class EvaluationRegionRequestSerializer(serializers.Serializer):
+    geometry = serializers.JSONField(help_text="GeoJSON Polygon in level-0 pixels.")
+
+
+class EvaluationRegionSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    slide = serializers.IntegerField()
+    geometry = serializers.JSONField(help_text="GeoJSON Polygon in level-0 pixels.")
+    created_by = serializers.CharField(help_text="User name, empty once the user is deleted.")
+    created_at = serializers.DateTimeField()

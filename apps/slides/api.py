@@ -4,6 +4,7 @@ from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
@@ -15,7 +16,12 @@ from ml.errors import SlideError
 
 from . import services, tiles
 from .models import Slide
-from .serializers import SlideSerializer, SlideUploadSerializer
+from .serializers import (
+    SlideSerializer,
+    SlideUploadSerializer,
+    TileMetadataSerializer,
+    TissueSerializer,
+)
 
 # Tiles never change for a given slide record (files are never overwritten in place).
 TILE_CACHE_CONTROL = "private, max-age=86400, immutable"
@@ -29,9 +35,11 @@ class SlideListView(APIView):
             return [has_perm("slides.add_slide")()]
         return [has_perm("slides.view_slide")()]
 
+    @extend_schema(responses=SlideSerializer(many=True))
     def get(self, request):
         return Response(SlideSerializer(Slide.objects.all(), many=True).data)
 
+    @extend_schema(request=SlideUploadSerializer, responses={201: SlideSerializer})
     def post(self, request):
         limit_bytes = settings.NEPHROWEB_MAX_UPLOAD_MB * 1024 * 1024
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -54,6 +62,7 @@ class SlideDetailView(APIView):
             return [has_perm("slides.view_slide", "slides.delete_slide")()]
         return [has_perm("slides.view_slide")()]
 
+    @extend_schema(responses=SlideSerializer)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         audit.record(
@@ -62,6 +71,7 @@ class SlideDetailView(APIView):
         )
         return Response(SlideSerializer(slide).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, slide_id):
         services.delete_slide(get_object_or_404(Slide, pk=slide_id), user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -70,6 +80,7 @@ class SlideDetailView(APIView):
 class TissueView(APIView):
     permission_classes = [has_perm("slides.view_slide")]
 
+    @extend_schema(responses=TissueSerializer)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         return Response({"type": "Feature", "geometry": slide.tissue_geojson or None,
@@ -79,6 +90,7 @@ class TissueView(APIView):
 class TileMetadataView(APIView):
     permission_classes = [has_perm("slides.view_slide")]
 
+    @extend_schema(responses=TileMetadataSerializer)
     def get(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)
         return Response(tiles.tile_metadata(slide.file_path))

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from .models import Slide
+from .services import MAX_SECTION
 
 
 class SlideSerializer(serializers.ModelSerializer):
@@ -21,5 +22,26 @@ class SlideUploadSerializer(serializers.Serializer):
     mpp = serializers.FloatField(required=False, min_value=0.01, max_value=100.0)
     cohort = serializers.CharField(required=False, allow_blank=True, max_length=64)
     patient_id = serializers.CharField(required=False, allow_blank=True, max_length=64)
-    section = serializers.IntegerField(required=False, min_value=0)
+    section = serializers.IntegerField(required=False, min_value=0, max_value=MAX_SECTION)
     report_ifta_pct = serializers.FloatField(required=False, min_value=0.0, max_value=100.0)
+
+
+class TissuePropertiesSerializer(serializers.Serializer):
+    area_um2 = serializers.FloatField(allow_null=True)
+
+
+class TissueSerializer(serializers.Serializer):
+    """The tissue mask as a GeoJSON Feature in level-0 pixels (shape of the response)."""
+
+    type = serializers.CharField(help_text="Always 'Feature'.")
+    geometry = serializers.JSONField(allow_null=True, help_text="GeoJSON geometry, or null.")
+    properties = TissuePropertiesSerializer()
+
+
+class TileMetadataSerializer(serializers.Serializer):
+    """The deep-zoom pyramid of a slide, as the viewer reads it (shape of the response)."""
+
+    width_px = serializers.IntegerField(help_text="Level-0 width.")
+    height_px = serializers.IntegerField(help_text="Level-0 height.")
+    tile_px = serializers.IntegerField()
+    levels = serializers.IntegerField()

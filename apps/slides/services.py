@@ -28,10 +28,16 @@ UPLOAD_SUFFIXES = {
 }
 
 
+# The largest section number that Slide.section (a PositiveIntegerField) stores on PostgreSQL.
+MAX_SECTION = 2**31 - 1
+
+
 def validate_metadata(*, section=None, report_ifta_pct=None, mpp=None):
     """Raise SlideError naming the field when a value is out of range."""
-    if section is not None and (not isinstance(section, int) or section < 0):
-        raise SlideError(f"section must be a non-negative whole number, got {section!r}.")
+    if section is not None and (not isinstance(section, int) or not 0 <= section <= MAX_SECTION):
+        raise SlideError(
+            f"section must be a whole number from 0 to {MAX_SECTION}, got {section!r}."
+        )
     if report_ifta_pct is not None and not 0.0 <= float(report_ifta_pct) <= 100.0:
         raise SlideError(f"report_ifta_pct must lie between 0 and 100, got {report_ifta_pct!r}.")
     if mpp is not None and not float(mpp) > 0:

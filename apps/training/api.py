@@ -1,11 +1,13 @@
 """REST endpoints of training: snapshots and model versions. Admins only."""
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.permissions import has_perm
+from nephroweb.openapi import error_response
 
 from . import services, snapshots
 from .models import ModelVersion, TrainingSnapshot
@@ -15,7 +17,7 @@ LIST_LIMIT = 50
 
 
 class SnapshotRequestSerializer(serializers.Serializer):
-    seed = serializers.IntegerField(min_value=0, default=0)
+    seed = serializers.IntegerField(min_value=0, max_value=snapshots.MAX_SEED, default=0)
     validation_fraction = serializers.FloatField(min_value=0.0, max_value=0.9, default=0.2)
     parent = serializers.PrimaryKeyRelatedField(
         queryset=TrainingSnapshot.objects.all(), required=False, allow_null=True
@@ -34,7 +36,7 @@ class SnapshotSerializer(serializers.ModelSerializer):
             "train_patients", "validation_patients",
         ]
 
-    def get_instance_count(self, snapshot):
+    def get_instance_count(self, snapshot) -> int:
         return sum(snapshot.class_counts.values())
 
 
@@ -72,10 +74,12 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class SnapshotListView(APIView):
     permission_classes = [TRAIN]
 
+    @extend_schema(responses=SnapshotSerializer(many=True))
     def get(self, request):
         rows = TrainingSnapshot.objects.select_related("created_by")[:LIST_LIMIT]
         return Response(SnapshotSerializer(rows, many=True).data)
 
+    @extend_schema(request=SnapshotRequestSerializer, responses={201: SnapshotSerializer})
     def post(self, request):
         form = SnapshotRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -91,10 +95,12 @@ class SnapshotListView(APIView):
 class ModelVersionListView(APIView):
     permission_classes = [TRAIN]
 
+    @extend_schema(responses=ModelVersionSerializer(many=True))
     def get(self, request):
         rows = ModelVersion.objects.select_related("created_by")[:LIST_LIMIT]
         return Response(ModelVersionSerializer(rows, many=True).data)
 
+    @extend_schema(request=ModelVersionRequestSerializer, responses={201: ModelVersionSerializer})
     def post(self, request):
         form = ModelVersionRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
@@ -115,6 +121,7 @@ class ModelVersionListView(APIView):
 class ModelVersionDetailView(APIView):
     permission_classes = [TRAIN]
 
+    @extend_schema(responses=ModelVersionSerializer)
     def get(self, request, version_id):
         return Response(ModelVersionSerializer(get_object_or_404(ModelVersion, pk=version_id)).data)
 
@@ -122,6 +129,13 @@ class ModelVersionDetailView(APIView):
 class ModelVersionCancelView(APIView):
     permission_classes = [TRAIN]
 
+    @extend_schema(
+        request=None,
+        responses={
+            200: ModelVersionSerializer,
+            409: error_response("The version has already finished."),
+        },
+    )
     def post(self, request, version_id):
         version = services.cancel_training(
             get_object_or_404(ModelVersion, pk=version_id), user=request.user

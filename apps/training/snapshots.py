@@ -36,6 +36,8 @@ from .models import SnapshotInstance, TrainingSnapshot
 logger = logging.getLogger(__name__)
 
 TRAINED_STATES = (Instance.ReviewState.ACCEPTED, Instance.ReviewState.EDITED)
+# The largest seed that TrainingSnapshot.seed (a PositiveIntegerField) stores on PostgreSQL.
+MAX_SEED = 2**31 - 1
 
 
 def trainable_class_names() -> list[str]:
@@ -79,7 +81,7 @@ def build_snapshot(
 
     Args:
         user: Who takes the snapshot (stored as created_by), or None.
-        seed: Seed of the patient split, >= 0.
+        seed: Seed of the patient split, 0 to MAX_SEED.
         validation_fraction: Share of patients held out for validation, 0 to 0.9.
         parent: The snapshot this one expands, or None.
         slides: Only these slides' annotations, or None for every slide.
@@ -88,8 +90,8 @@ def build_snapshot(
         SettingsError: ``seed`` or ``validation_fraction`` is out of range, or no
             annotation of a trainable class exists yet.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SettingsError(f"seed is {seed!r}, expected a whole number of at least 0.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SettingsError(f"seed is {seed!r}, expected a whole number from 0 to {MAX_SEED}.")
     if isinstance(validation_fraction, bool) or not isinstance(validation_fraction, (int, float)) or not (
         0 <= validation_fraction <= 0.9
     ):

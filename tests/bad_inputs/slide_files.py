@@ -8,6 +8,8 @@ file, so a copy cut in half has no directory left.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,25 @@ def rgba_transparent_border_tiff(folder: Path) -> Path:
     rgba[y_min:y_max, x_min:x_max, :3] = PAS_MAGENTA
     rgba[y_min:y_max, x_min:x_max, 3] = 255
     return write_pyramid_tiff(folder / "rgba_border.tiff", rgba, mpp=RGBA_MPP)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def decompression_bomb_png(folder: Path, width_px: int = 20_000, height_px: int = 20_000) -> Path:
+    """Write an all-black RGB PNG of a few hundred KB that declares 400 million px.
+
+    Decoded whole, as Pillow does on load, it would take 1.6 GB as RGBA.
+    """
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 3 * width_px)  # filter byte 0, then black pixels
+    compressed = b"".join(compressor.compress(row) for _ in range(height_px))
+    compressed += compressor.flush()
+    header = struct.pack(">IIBBBBB", width_px, height_px, 8, 2, 0, 0, 0)
+    path = folder / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", compressed)
+        + _png_chunk(b"IEND", b"")
+    )
+    return path

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.django_db
 NO_TISSUE_WARNING = "No tissue was found on this slide, so SAM proposals will skip every tile."
 UNREADABLE = "OpenSlide cannot read this file"
 TRUNCATED_HINT = "It may be truncated, corrupt or a variant OpenSlide does not support."
+TOO_LARGE = "is too large to decode into memory, which allows at most 268,435,456 px"
 
 
 def _generate(case: str, shared_data, folder):
@@ -54,6 +55,7 @@ REJECTED_UPLOADS = [
         "has no pixel size (mpp) in its properties or TIFF resolution tags",
         "'Microns per pixel' in the upload form",
     ]),
+    ("decompression_bomb_png", [TOO_LARGE, "Convert it to a tiled pyramidal TIFF"]),
 ]
 
 
@@ -84,6 +86,7 @@ REJECTED_IMPORTS = [
     ("text_file", [UNREADABLE, TRUNCATED_HINT]),
     ("junk_czi", [UNREADABLE]),
     ("tiff_without_mpp", ["has no pixel size (mpp)", "--mpp on the command line"]),
+    ("decompression_bomb_png", [TOO_LARGE]),
 ]
 
 
@@ -152,7 +155,7 @@ def test_upload_rejects_bad_field(field, value, fragment, client_for, inputs_dir
 
 @pytest.mark.parametrize(("option", "value", "fragment"), [
     ("--mpp", "-0.5", "mpp must be a positive number of microns per pixel, got -0.5."),
-    ("--section", "-2", "section must be a non-negative whole number, got -2."),
+    ("--section", "-2", "section must be a whole number from 0 to 2147483647, got -2."),
     ("--report-ifta", "150", "report_ifta_pct must lie between 0 and 100, got 150.0."),
 ])
 def test_import_command_rejects_bad_option(option, value, fragment, inputs_dir):

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 from shapely.geometry import LineString, Polygon
 
-from ml.polygons import make_valid_polygons, mask_to_polygons, polygon_px_to_level0
+from ml.polygons import (
+    largest_component_polygon,
+    make_valid_polygons,
+    mask_to_polygons,
+    polygon_px_to_level0,
+)
 from ml.slide import WorkingFrame
 from ml.tiling import Tile
 
@@ -108,17 +118,74 @@ def test_non_2d_mask_rejected() -> None:
         mask_to_polygons(np.zeros((2, 3, 4), dtype=bool))
 
 
-@settings(max_examples=150, deadline=None)
-@given(arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))))
-def test_random_masks_round_trip(mask: np.ndarray) -> None:
+def assert_round_trip(mask: np.ndarray) -> list[Polygon]:
+    """Trace ``mask`` and check that the polygons are valid and rasterise back to it."""
     polygons = mask_to_polygons(mask)
+    height, width = mask.shape
 
-    assert all(polygon.is_valid for polygon in polygons)
-    assert sum(polygon.area for polygon in polygons) == pytest.approx(mask.sum(), abs=1e-9)
+    for polygon in polygons:
+        assert isinstance(polygon, Polygon)
+        assert polygon.is_valid
+        assert not polygon.is_empty
+        x_min, y_min, x_max, y_max = polygon.bounds
+        assert 0 <= x_min < x_max <= width
+        assert 0 <= y_min < y_max <= height
+    # One polygon per 4-connected component, and the areas are the pixel counts exactly.
+    component_count = cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)[0] - 1
+    assert len(polygons) == component_count
+    assert sum(polygon.area for polygon in polygons) == mask.sum()
     assert np.array_equal(rasterise(polygons, mask.shape), mask)
     # Separate polygons share no area.
     union_area = shapely.union_all(polygons).area if polygons else 0.0
-    assert union_area == pytest.approx(mask.sum(), abs=1e-9)
+    assert union_area == mask.sum()
+    return polygons
+
+
+@settings(max_examples=800, deadline=None)
+@given(arrays(np.bool_, st.tuples(st.integers(1, 24), st.integers(1, 24))))
+def test_random_masks_round_trip(mask: np.ndarray) -> None:
+    assert_round_trip(mask)
+
+
+KI_ROOT = Path("kidney_tiles") / "omniseg_KI"
+
+
+@functools.cache
+def real_masks(shared_data: Path) -> tuple[np.ndarray, ...]:
+    """Return every PAS mask of the KI tiles as an (H, W) bool array, read once."""
+    masks = []
+    for path in sorted((shared_data / KI_ROOT).glob("*/pas/*_mask_*.png")):
+        with Image.open(path) as image:
+            masks.append(np.asarray(image.convert("L")) > 127)
+    return tuple(masks)
+
+
+@settings(max_examples=800, deadline=None)
+@given(data=st.data())
+def test_real_mask_crops_round_trip(shared_data: Path, data: st.DataObject) -> None:
+    masks = real_masks(shared_data)
+    full = masks[data.draw(st.integers(0, len(masks) - 1), label="mask")]
+    height, width = data.draw(st.tuples(st.integers(1, 64), st.integers(1, 64)), label="size")
+    top = data.draw(st.integers(0, full.shape[0] - height), label="top")
+    left = data.draw(st.integers(0, full.shape[1] - width), label="left")
+    mask = full[top : top + height, left : left + width].copy()
+    if data.draw(st.booleans(), label="transpose"):
+        mask = mask.T.copy()
+    # Flipped pixels add specks, holes and pixels that touch only at a corner.
+    for _ in range(data.draw(st.integers(0, 30), label="flips")):
+        row = data.draw(st.integers(0, mask.shape[0] - 1))
+        col = data.draw(st.integers(0, mask.shape[1] - 1))
+        mask[row, col] = not mask[row, col]
+
+    polygons = assert_round_trip(mask)
+
+    largest = largest_component_polygon(mask)
+    assert largest.component_count == len(polygons)
+    if polygons:
+        assert largest.polygon.area == polygons[0].area
+        assert largest.polygon.is_valid
+    else:
+        assert largest.polygon is None
 
 
 def test_make_valid_repairs_bowtie() -> None:

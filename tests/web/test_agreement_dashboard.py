@@ -471,3 +471,13 @@ def test_unknown_cohort_is_named(client_for, convex):
 
     assert response.status_code == 400
     assert "cohort: no slide is in cohort &#x27;nosuch&#x27;. Known cohorts: &#x27;C1&#x27;." in response.content.decode()
+
+
+def test_cohort_with_nul_character_is_named(client_for, convex):
+    make_cohort({"P1": FIVE_PATIENTS["P1"]})
+
+    response = client_for("pathologist").get(reverse("dashboard"), {"cohort": "C1\x00"})
+
+    assert response.status_code == 400
+    expected = "cohort: the name contains a NUL character (\\x00). Remove it."
+    assert expected in response.content.decode()

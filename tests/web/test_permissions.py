@@ -27,6 +27,7 @@ ENDPOINTS = {
     "slide-list": ("get", "/", None, EVERYONE),
     "slide-detail": ("get", "/slides/{slide}/", None, EVERYONE),
     "api-slide-list": ("get", "/api/slides/", None, EVERYONE),
+    "api-schema": ("get", "/api/schema/", None, EVERYONE),
     "api-slide-detail": ("delete", "/api/slides/{slide}/", None, ADMINS),
     "api-slide-tissue": ("get", "/api/slides/{slide}/tissue/", None, EVERYONE),
     "api-tile-metadata": ("get", "/api/slides/{slide}/tiles/", None, EVERYONE),

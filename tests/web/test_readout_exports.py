@@ -211,3 +211,14 @@ def test_unknown_or_blank_cohort(client_for, slide):
     assert unknown.status_code == 400
     assert unknown.json() == {"cohort": ["cohort: no slide is in cohort 'nosuch'. Known cohorts: 'C1'."]}
     assert blank["Content-Disposition"] == 'attachment; filename="readouts-all-cohorts.csv"'
+
+
+def test_cohort_with_nul_character_rejected(client_for, slide):
+    response = client_for("pathologist").get(
+        reverse("api-export-readouts-csv"), {"cohort": "C1\x00"}
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "cohort": ["cohort: the name contains a NUL character (\\x00). Remove it."]
+    }

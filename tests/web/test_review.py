@@ -186,3 +186,26 @@ def test_undo_only_own_changes(proposal, reviewer, make_user):
     services.accept(proposal.pk, user=other, version=1)
     with pytest.raises(ReviewError, match="nothing of yours"):
         services.undo_last(proposal.slide, user=reviewer)
+
+
+@pytest.mark.parametrize("body", ["false", "[1, 2]", '"a string"'])
+def test_evaluation_region_api_rejects_non_object_body(client_for, slide, body):
+    client = client_for("annotator")
+
+    response = client.post(
+        f"/api/slides/{slide.pk}/evaluation-regions/", body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert "Expected a dictionary" in response.json()["non_field_errors"][0]
+
+
+def test_evaluation_region_api_names_missing_geometry(client_for, slide):
+    client = client_for("annotator")
+
+    response = client.post(
+        f"/api/slides/{slide.pk}/evaluation-regions/", {}, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {"geometry": ["This field is required."]}

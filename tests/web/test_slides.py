@@ -283,3 +283,25 @@ def test_deleting_imported_slide_keeps_file(client_for, shared_data):
     assert client_for("admin").delete(f"/api/slides/{slide.pk}/").status_code == 204
     assert path.exists()
     assert Slide.objects.count() == 0
+
+
+def test_upload_rejects_section_beyond_column(client_for, shared_data, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    content = (shared_data / "wsi" / "cmu-1-small-region.svs").read_bytes()
+
+    response = _upload(client_for("admin"), "cmu.svs", content, section=2**31)
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "section": ["Ensure this value is less than or equal to 2147483647."]
+    }
+    assert not Slide.objects.exists()
+
+
+def test_import_rejects_section_beyond_column(shared_data):
+    from apps.slides.services import import_slide
+    from ml.errors import SlideError
+
+    with pytest.raises(SlideError, match="section must be a whole number from 0 to 2147483647"):
+        import_slide(shared_data / "wsi" / "cmu-1-small-region.svs", section=2**31)
+    assert not Slide.objects.exists()

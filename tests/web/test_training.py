@@ -609,3 +609,21 @@ def test_efficientnet_base_rejects_crop_not_multiple_of_16(annotated):
             snapshot, base_checkpoint=services.EFFICIENTNET_BASE, crop_px=120, enqueue=False
         )
     assert not ModelVersion.objects.exists()
+
+
+def test_api_rejects_snapshot_seed_beyond_column(annotated, client_for):
+    response = client_for("admin").post(
+        "/api/training/snapshots/", {"seed": 2**31}, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "seed": ["Ensure this value is less than or equal to 2147483647."]
+    }
+    assert not TrainingSnapshot.objects.exists()
+
+
+def test_snapshot_seed_beyond_column_rejected(annotated):
+    expected = "seed is 2147483648, expected a whole number from 0 to 2147483647"
+    with pytest.raises(SettingsError, match=expected):
+        snapshots.build_snapshot(None, seed=2**31, validation_fraction=0.0)

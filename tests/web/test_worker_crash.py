@@ -66,12 +66,11 @@ def _start(snapshot, *, enqueue: bool) -> ModelVersion:
     )
 
 
-def test_training_resumes_after_worker_is_killed(
-    snapshot, redis_url, tiny_checkpoint, tmp_path, settings
-):
+def _worker_environment(settings, tmp_path, redis_url, tiny_checkpoint) -> dict:
+    """Point this process and the workers at the same data folder and checkpoint."""
     settings.DATA_DIR = tmp_path
     settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
-    env = child_environment(
+    return child_environment(
         tmp_path,
         REDIS_URL=redis_url,
         NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
@@ -79,6 +78,12 @@ def test_training_resumes_after_worker_is_killed(
         NEPHROWEB_TASK_LEASE_S=LEASE_S,
         NEPHROWEB_TORCH_THREADS="1",
     )
+
+
+def test_training_resumes_after_worker_is_killed(
+    snapshot, redis_url, tiny_checkpoint, tmp_path, settings
+):
+    env = _worker_environment(settings, tmp_path, redis_url, tiny_checkpoint)
 
     def state():
         return ModelVersion.objects.get(pk=version.pk)
@@ -147,18 +152,9 @@ def _outlines(run: ProposalRun) -> list:
 def test_proposal_run_resumes_after_worker_is_killed(
     redis_url, tiny_checkpoint, tmp_path, settings, shared_data
 ):
-    settings.DATA_DIR = tmp_path
-    settings.NEPHROWEB_SAM_CHECKPOINT = str(tiny_checkpoint)
+    env = _worker_environment(settings, tmp_path, redis_url, tiny_checkpoint)
     call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
     slide = Slide.objects.get()
-    env = child_environment(
-        tmp_path,
-        REDIS_URL=redis_url,
-        NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
-        NEPHROWEB_TASK_VISIBILITY_TIMEOUT_S=VISIBILITY_TIMEOUT_S,
-        NEPHROWEB_TASK_LEASE_S=LEASE_S,
-        NEPHROWEB_TORCH_THREADS="1",
-    )
 
     def state():
         return ProposalRun.objects.get(pk=run.pk)

@@ -53,7 +53,8 @@ class Command(BaseCommand):
 
     def _model_version(self, value: str) -> ModelVersion:
         version = None
-        if value.isdigit():
+        # isdigit() alone also accepts digits such as "²" that int() rejects.
+        if value.isascii() and value.isdigit():
             version = ModelVersion.objects.filter(pk=int(value)).first()
         if version is None:
             named = list(ModelVersion.objects.filter(name=value).order_by("-id")[:2])
