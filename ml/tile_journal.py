@@ -118,7 +118,7 @@ def record_tile(
     counts_before: dict[str, int],
     counts_after: dict[str, int],
 ) -> None:
-    """Record a finished tile's instances and counter increments; without a journal, nothing."""
+    """Record a finished tile's instances and counter increments in ``journal``, if any."""
     if journal is None:
         return
     rows = [encode_row(instance) for instance in instances]
