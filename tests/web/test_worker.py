@@ -112,14 +112,22 @@ def test_unfinished_tasks_lists_open_runs(shared_data):
     ]
 
 
-def test_worker_start_runs_lost_task(shared_data, redis_url, tiny_checkpoint, tmp_path, settings):
+# Redis, as deployed, and the demo's file-system broker (REDIS_URL empty).
+@pytest.mark.parametrize("broker", ["redis", "filesystem"])
+def test_worker_start_runs_lost_task(
+    broker, shared_data, redis_url, tiny_checkpoint, tmp_path, settings
+):
     settings.NEPHROWEB_PROPOSALS = dict(FAST_PROPOSALS)
     call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
     # Committed but never enqueued: the broker lost its message.
     run = services.start_proposal_run(Slide.objects.get(), enqueue=False)
     env = child_environment(
-        tmp_path, REDIS_URL=redis_url, NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint)
+        tmp_path,
+        REDIS_URL=redis_url if broker == "redis" else "",
+        NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint),
     )
+    for folder in ("queue", "processed", "control"):  # as scripts/demo.sh makes them
+        (tmp_path / "broker" / folder).mkdir(parents=True)
     log_path = tmp_path / "worker.log"
 
     with celery_worker(env, log_path):
