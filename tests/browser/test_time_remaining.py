@@ -1,7 +1,9 @@
 """The slide page's run panel and the Training page show the server's time-remaining estimate.
 
-The running proposal run and model version are rows that no worker was asked to run, so
-their progress stays where the test put it while the pages poll the API.
+The running proposal run and model version are rows that no worker was asked to run.
+Their leases belong to a worker elsewhere, so the live worker's start-up recovery only
+schedules a retry for when those leases expire, and their progress stays where the test
+put it while the pages poll the API.
 """
 
 from datetime import timedelta
@@ -32,16 +34,20 @@ def _running_work(make_user, shared_data):
         file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
     )
     started_at = timezone.now() - ELAPSED
+    lease = {
+        "lease_owner": "worker-elsewhere",
+        "lease_expires_at": timezone.now() + timedelta(hours=1),
+    }
     run = ProposalRun.objects.create(
         slide=slide, status=ProposalRun.Status.RUNNING, sam_type="vit_b",
-        tiles_done=UNITS_DONE, tiles_total=UNITS_TOTAL, started_at=started_at,
+        tiles_done=UNITS_DONE, tiles_total=UNITS_TOTAL, started_at=started_at, **lease,
     )
     snapshot = TrainingSnapshot.objects.create(validation_fraction=0.2)
     version = ModelVersion.objects.create(
         name="slow-version", status=ModelVersion.Status.RUNNING, snapshot=snapshot, mpp=1.0,
         crop_px=256, config={"epochs": UNITS_TOTAL},
         metrics=[{"epoch": epoch, "train_loss": 1.0} for epoch in range(1, UNITS_DONE + 1)],
-        started_at=started_at,
+        started_at=started_at, **lease,
     )
     return slide.pk, run.pk, version.pk
 
