@@ -203,6 +203,9 @@ def propose(
     ]
     processed = {tile.index for tile in with_tissue}
     journaled = completed_in_grid(journal, processed, slide.info.path.name)
+    if journaled and progress is not None:
+        # The journaled tiles count as done at once, in one report.
+        progress(len(journaled), len(with_tissue))
     # One reader thread reads the next tile while SAM works on the current one, so the
     # "read" stage counts only the time spent waiting for pixels.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
@@ -218,20 +221,20 @@ def propose(
                 candidates.extend(
                     replay_tile(journaled[tile.index], tile.index, counts, decode_instance)
                 )
-            else:
-                wait_started = time.perf_counter()
-                rgb = next_read.result()
-                stage_seconds["read"] += time.perf_counter() - wait_started
-                next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
-                counts_before = dict(counts)
-                tile_instances = _propose_tile(
-                    slide, frame, tile, rgb, generator, settings, tissue, counts,
-                    stage_seconds,
-                )
-                candidates.extend(tile_instances)
-                record_tile(
-                    journal, tile.index, tile_instances, encode_instance, counts_before, counts
-                )
+                continue
+            wait_started = time.perf_counter()
+            rgb = next_read.result()
+            stage_seconds["read"] += time.perf_counter() - wait_started
+            next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
+            counts_before = dict(counts)
+            tile_instances = _propose_tile(
+                slide, frame, tile, rgb, generator, settings, tissue, counts,
+                stage_seconds,
+            )
+            candidates.extend(tile_instances)
+            record_tile(
+                journal, tile.index, tile_instances, encode_instance, counts_before, counts
+            )
             if progress is not None:
                 progress(counts["tiles_processed"], len(with_tissue))
 

@@ -332,6 +332,9 @@ def segment_slide(
     ]
     processed = {tile.index for tile in with_tissue}
     journaled = completed_in_grid(journal, processed, slide.info.path.name)
+    if journaled and progress is not None:
+        # The journaled tiles count as done at once, in one report.
+        progress(len(journaled), len(with_tissue))
     # One reader thread reads the next tile with tissue while the model works on this one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reader:
         upcoming = iter([tile for tile in with_tissue if tile.index not in journaled])
@@ -354,17 +357,17 @@ def segment_slide(
                 candidates.extend(
                     replay_tile(journaled[tile.index], tile.index, counts, _decode_labeled)
                 )
-            else:
-                rgb = next_read.result()
-                next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
-                counts_before = dict(counts)
-                tile_instances = _segment_tile(
-                    slide, frame, tile, rgb, class_aware, settings, tissue, counts
-                )
-                candidates.extend(tile_instances)
-                record_tile(
-                    journal, tile.index, tile_instances, _encode_labeled, counts_before, counts
-                )
+                continue
+            rgb = next_read.result()
+            next_read = start_tile_read(reader, slide, frame, next(upcoming, None))
+            counts_before = dict(counts)
+            tile_instances = _segment_tile(
+                slide, frame, tile, rgb, class_aware, settings, tissue, counts
+            )
+            candidates.extend(tile_instances)
+            record_tile(
+                journal, tile.index, tile_instances, _encode_labeled, counts_before, counts
+            )
             if progress is not None:
                 progress(counts["tiles_processed"], len(with_tissue))
 

@@ -48,10 +48,12 @@ GIVE_MPP_HINT = "--mpp on the command line, or 'Microns per pixel' in the upload
 # Only these suffixes may fall back to Pillow when OpenSlide does not recognise the file:
 # a whole-slide format that OpenSlide rejects is damaged, not a plain image.
 PLAIN_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-# A plain image is decoded whole into memory as RGBA, 4 bytes per pixel, so one of 16 384²
-# px takes 1 GiB. Its header is checked first, because a few MB of PNG can declare far
-# more pixels, and large_image 1.35.6 sets Pillow's Image.MAX_IMAGE_PIXELS to None.
-MAX_PLAIN_IMAGE_PIXELS = 16384 * 16384
+# A plain image is decoded whole into memory as RGBA, 4 bytes per pixel: 256 MiB at
+# 8192² px. A 16 000² px PNG of 775 KB raised a web process's memory by 2 GB, which it
+# kept after the slide was deleted. The header is checked first, because a few KB of PNG
+# can declare far more pixels, and large_image 1.35.6 sets Pillow's
+# Image.MAX_IMAGE_PIXELS to None. Whole slides come as tiled pyramidal files instead.
+MAX_PLAIN_IMAGE_PIXELS = 8192 * 8192
 READABLE_FORMATS = (
     "Aperio SVS, Hamamatsu NDPI/VMS, MIRAX MRXS, Leica SCN, Ventana BIF, Philips TIFF, "
     "DICOM WSI, tiled pyramidal TIFF, and PNG/JPEG/TIFF images when mpp is given"

@@ -40,11 +40,18 @@ def acquire_lease(model, pk: int, owner: str, seconds: int | None = None) -> boo
     return updated == 1
 
 
-def renew_lease(model, pk: int, owner: str, seconds: int | None = None) -> None:
+def renew_lease(model, pk: int, owner: str, seconds: int | None = None) -> bool:
+    """Extend ``owner``'s lease on row ``pk``, or return False if the row is gone or leased
+    to another owner."""
     seconds = lease_seconds() if seconds is None else seconds
-    model.objects.filter(pk=pk, lease_owner=owner).update(
+    updated = model.objects.filter(pk=pk, lease_owner=owner).update(
         lease_expires_at=timezone.now() + timedelta(seconds=seconds)
     )
+    return updated == 1
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds its row's lease: the row was deleted or taken over."""
 
 
 def release_lease(model, pk: int, owner: str) -> None:
@@ -57,6 +64,10 @@ def retry_when_lease_expires(task, model, pk: int, description: str):
     By then that worker has finished, so the retry has nothing to do, or it died, so the
     retry takes the row's work over. Raises ``celery.exceptions.Retry``.
     """
+    if not model.objects.filter(pk=pk).exists():
+        # A deleted row (e.g. the run of a deleted slide) has no work left to retry.
+        logger.info("%s no longer exists; the task is not retried", description)
+        return None
     countdown = retry_countdown(model, pk)
     logger.info("%s: retrying in %.0f s, when the lease expires", description, countdown)
     raise task.retry(countdown=countdown)
@@ -70,30 +81,56 @@ def retry_countdown(model, pk: int) -> float:
     return max(0.0, (expires_at - timezone.now()).total_seconds()) + 1.0
 
 
+class LeaseRenewal:
+    """State of a lease that ``renewing_lease`` renews. ``check`` raises once it is lost."""
+
+    def __init__(self, model, pk: int, owner: str) -> None:
+        self.model, self.pk, self.owner = model, pk, owner
+        self.lost = threading.Event()
+
+    def check(self) -> None:
+        """Raise LeaseLost if a renewal found the row deleted or its lease taken over."""
+        if self.lost.is_set():
+            raise LeaseLost(
+                f"{self.model.__name__} {self.pk}: lease of {self.owner} lost (row deleted "
+                "or taken over by another worker)"
+            )
+
+
 @contextmanager
 def renewing_lease(model, pk: int, owner: str):
     """Renew ``owner``'s lease on row ``pk`` from a thread while the block runs.
 
-    For work with no natural point to renew at, such as one long computation. The
-    caller takes and releases the lease itself. Inside a transaction the block runs
-    without renewal, because no other connection can see the lease row until commit.
+    Work that takes longer than a lease between two natural renewal points (one slow
+    tile, one long computation) keeps its lease this way. Yields a LeaseRenewal whose
+    ``check`` the work calls between steps, so that it stops once the row is deleted or
+    another worker holds the lease. The caller takes and releases the lease itself.
+    Inside a transaction the block runs without renewal, because no other connection can
+    see the lease row until commit.
     """
+    renewal = LeaseRenewal(model, pk, owner)
     if connection.in_atomic_block:
-        yield
+        yield renewal
         return
     stop = threading.Event()
 
     def renew() -> None:
         try:
             while not stop.wait(renew_interval_seconds()):
-                renew_lease(model, pk, owner)
+                if not renew_lease(model, pk, owner):
+                    logger.warning(
+                        "%s %s: lease of %s lost (row deleted or taken over)",
+                        model.__name__, pk, owner,
+                    )
+                    renewal.lost.set()
+                    return
         finally:
             connection.close()
 
     renewer = threading.Thread(target=renew, name=f"lease-{model.__name__}-{pk}", daemon=True)
     renewer.start()
     try:
-        yield
+        yield renewal
     finally:
         stop.set()
         renewer.join()

@@ -73,9 +73,9 @@ CSRF_TRUSTED_ORIGINS = [
     o for o in env_str("NEPHROWEB_CSRF_TRUSTED_ORIGINS").split(",") if o
 ]
 
-# A secret key shorter than this is refused in production (Django's own check warns
-# below 50 characters; this refuses the clearly guessable ones).
-MIN_SECRET_KEY_LENGTH = 32
+# A secret key shorter than this is refused in production: the length below which
+# Django 5.2's deploy check (security.W009) warns.
+MIN_SECRET_KEY_LENGTH = 50
 
 if PRODUCTION:
     if DEBUG:

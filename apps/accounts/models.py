@@ -103,6 +103,18 @@ class AuditEvent(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {actor} {self.action} {self.target_label}"
 
     @property
+    def user_deleted(self) -> bool:
+        """Whether the acting user's account was deleted since.
+
+        Sign-in failures and locks store the typed name without a user, so a NULL user
+        there says nothing about the account.
+        """
+        typed_name_actions = (self.Action.LOGIN_FAILED, self.Action.LOGIN_LOCKED)
+        if not self.username or self.user_id is not None:
+            return False
+        return self.action not in typed_name_actions
+
+    @property
     def target_label(self) -> str:
         """Return the target as text, e.g. ``slide 12``, or only its type when it has no id."""
         if self.target_id is None:

@@ -13,7 +13,13 @@ from shapely.geometry import shape
 
 from apps.accounts import audit
 from ml.errors import NephrowebError
-from nephroweb.leases import acquire_lease, release_lease, renew_lease
+from nephroweb.leases import (
+    LeaseLost,
+    LeaseRenewal,
+    acquire_lease,
+    release_lease,
+    renewing_lease,
+)
 
 from . import events
 from .classes import CORTEX_CLASS
@@ -108,12 +114,13 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
     re-delivery.
 
     ``body(run, report)`` does the work and stores the result; ``report(tiles_done,
-    tiles_total)`` saves and publishes progress and renews the lease. Returns None when
-    another worker holds the run's lease. A finished run is returned as it is. Failures
-    are stored on the run with a message for the user.
+    tiles_total)`` saves and publishes progress. A thread renews the lease meanwhile, and
+    ``report`` stops the work (LeaseLost) once the run is deleted or another worker took
+    it over. Returns None when another worker holds the run's lease. A finished run is
+    returned as it is. Failures are stored on the run with a message for the user.
     """
     if not _acquire_lease(run_id, owner):
-        logger.info("Run %s is held by another worker; skipping", run_id)
+        logger.info("Run %s is held by another worker or no longer exists; skipping", run_id)
         return None
     run = ProposalRun.objects.select_related("slide").get(pk=run_id)
     try:
@@ -121,16 +128,25 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
             logger.info("Run %s already succeeded; nothing to do", run_id)
             return run
         run.status = ProposalRun.Status.RUNNING
-        run.started_at = timezone.now()
+        # A run taken over keeps its first start, so the time-remaining estimate counts
+        # the tiles taken from the journal as work of that time, not as instant.
+        run.started_at = run.started_at or timezone.now()
         run.message = ""
         run.save(update_fields=["status", "started_at", "message"])
         events.publish_run(run)
-        body(run, _progress_reporter(run, owner))
+        with renewing_lease(ProposalRun, run_id, owner) as renewal:
+            body(run, _progress_reporter(run, renewal))
         stored = ProposalRun.objects.get(pk=run.pk).counts.get("stored", 0)
         logger.info("Run %s stored %d proposals", run.pk, stored)
+    except LeaseLost as exc:
+        logger.warning("Run %s stopped without storing anything: %s", run_id, exc)
+        return run
     except NephrowebError as exc:
         _fail(run, str(exc))
     except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
+        if not ProposalRun.objects.filter(pk=run_id).exists():
+            logger.warning("Run %s was deleted while it ran (%s); stopped", run_id, exc)
+            return run
         logger.exception("Run %s failed", run.pk)
         _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")
     finally:
@@ -140,17 +156,17 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
     return run
 
 
-def _progress_reporter(run: ProposalRun, owner: str):
+def _progress_reporter(run: ProposalRun, renewal: LeaseRenewal):
     last_report = [0.0]
 
     def report(tiles_done: int, tiles_total: int) -> None:
+        renewal.check()
         now = time.monotonic()
         if tiles_done < tiles_total and now - last_report[0] < PROGRESS_INTERVAL_S:
             return
         last_report[0] = now
         run.tiles_done, run.tiles_total = tiles_done, tiles_total
         ProposalRun.objects.filter(pk=run.pk).update(tiles_done=tiles_done, tiles_total=tiles_total)
-        renew_lease(ProposalRun, run.pk, owner)
         events.publish_run(run)
 
     return report
@@ -172,7 +188,7 @@ def execute_proposal_run(run_id: int, *, owner: str, checkpoint_path: str = "") 
         from ml.tissue import detect_tissue
 
         # A run taken over after a crash has "custom" stored for a checkpoint of no
-        # official type; its type is inferred from the file again.
+        # official type, so its type is inferred from the file again.
         requested_type = run.sam_type if run.sam_type not in ("", CUSTOM_SAM_TYPE) else None
         checkpoint = resolve_checkpoint_for(
             requested_type or settings.NEPHROWEB_SAM_TYPE, checkpoint_path or run.checkpoint
@@ -236,6 +252,11 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
     """
     slide = run.slide
     with transaction.atomic():
+        # Lock the run row, so that a worker whose lease was taken over meanwhile, or
+        # whose run was deleted, stores nothing.
+        locked = ProposalRun.objects.select_for_update().filter(pk=run.pk).first()
+        if locked is None or locked.lease_owner != run.lease_owner:
+            raise LeaseLost(f"Run {run.pk}: deleted or taken over before its result was stored")
         Instance.objects.filter(
             slide=slide, source=source, review_state=Instance.ReviewState.PENDING
         ).delete()

@@ -164,7 +164,9 @@ class UndoView(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: UndoSerializer, 400: error_response("Nothing of yours to undo.")},
+        responses={
+            200: UndoSerializer, 400: error_response("Nothing of yours to undo."), 409: CONFLICT,
+        },
     )
     def post(self, request, slide_id):
         slide = get_object_or_404(Slide, pk=slide_id)

@@ -17,7 +17,13 @@ from django.utils import timezone
 
 from apps.accounts import audit
 from ml.errors import CheckpointError, NephrowebError, SettingsError
-from nephroweb.leases import acquire_lease, release_lease, renew_interval_seconds, renew_lease
+from nephroweb.leases import (
+    LeaseLost,
+    acquire_lease,
+    release_lease,
+    renew_interval_seconds,
+    renew_lease,
+)
 from nephroweb.time_remaining import estimate_seconds_remaining
 
 from . import snapshots
@@ -239,9 +245,17 @@ def execute_training(
             _finish(version, ModelVersion.Status.CANCELLED, "Cancelled before training started.")
         else:
             _train(version, owner, on_epoch)
+    except LeaseLost as exc:
+        logger.warning("Model version %s stopped without storing anything: %s", version_id, exc)
+        return version
     except NephrowebError as exc:
         _finish(version, ModelVersion.Status.FAILED, str(exc))
     except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
+        if not ModelVersion.objects.filter(pk=version_id).exists():
+            logger.warning(
+                "Model version %s was deleted while it trained (%s); stopped", version_id, exc
+            )
+            return version
         logger.exception("Model version %s failed", version_id)
         _finish(
             version, ModelVersion.Status.FAILED,
@@ -311,7 +325,10 @@ def _train(version: ModelVersion, owner: str, on_epoch) -> None:
         epoch_end = "train_loss" in metrics
         if epoch_end or now - last_renewal[0] >= renew_interval_seconds():
             last_renewal[0] = now
-            renew_lease(ModelVersion, version.pk, owner)
+            if not renew_lease(ModelVersion, version.pk, owner):
+                raise LeaseLost(
+                    f"Model version {version.pk}: lease of {owner} lost (deleted or taken over)"
+                )
         if not epoch_end:
             return
         record = {"epoch": epoch, **{key: float(value) for key, value in metrics.items()}}

@@ -36,6 +36,19 @@ const COUNT_LABELS = {
   stored: "stored as proposals",
 };
 
+// Why a SAM run that made masks stored none: the filter that dropped the most of them.
+export function noProposalsMessage(counts) {
+  const drops = Object.entries(COUNT_LABELS)
+    .filter(([key]) => key.startsWith("dropped_") && counts[key] > 0)
+    .sort(([a], [b]) => counts[b] - counts[a]);
+  const most = drops.length
+    ? ` The filter that dropped the most: "${drops[0][1].replace("dropped: ", "")}" ` +
+      `(${counts[drops[0][0]]} of ${counts.masks_generated} masks).`
+    : "";
+  return `SAM made ${counts.masks_generated} masks, but no proposal was stored.${most} ` +
+    "The counts below list every filter.";
+}
+
 export class RunPanel {
   constructor(root, slideId, events, { onRunFinished }) {
     this.root = root;
@@ -162,6 +175,9 @@ export class RunPanel {
         `SAM produced no mask above its quality thresholds (predicted IoU ${settings.pred_iou_thresh}, ` +
         `stability ${settings.stability_score_thresh}). Lower NEPHROWEB_PRED_IOU_THRESH and ` +
         "NEPHROWEB_STABILITY_SCORE_THRESH, or check the checkpoint.";
+    } else if (!run.model_version_name && run.status === "succeeded" && run.counts
+        && run.counts.masks_generated > 0 && run.counts.stored === 0) {
+      this.message.textContent = noProposalsMessage(run.counts);
     }
     this.renderCounts(run.counts || {});
     if (active) this.scheduleResync();

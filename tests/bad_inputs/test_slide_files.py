@@ -25,7 +25,7 @@ pytestmark = pytest.mark.django_db
 NO_TISSUE_WARNING = "No tissue was found on this slide, so SAM proposals will skip every tile."
 UNREADABLE = "OpenSlide cannot read this file"
 TRUNCATED_HINT = "It may be truncated, corrupt or a variant OpenSlide does not support."
-TOO_LARGE = "is too large to decode into memory, which allows at most 268,435,456 px"
+TOO_LARGE = "is too large to decode into memory, which allows at most 67,108,864 px"
 
 
 def _generate(case: str, shared_data, folder):

@@ -877,6 +877,22 @@ def test_deleted_user_keeps_rows_by_name(make_user):
     assert (stored.user_id, stored.username, stored.action) == (None, "leaver", "view")
 
 
+def test_page_marks_only_deleted_users(make_user, client_for):
+    leaver = make_user("annotator", username="leaver")
+    audit.record(audit.Action.VIEW, user=leaver, target_type=audit.Target.SLIDE, target_id=1)
+    leaver.delete()
+    make_user("annotator", username="stayer")
+    audit.record(audit.Action.LOGIN_LOCKED, username="stayer", target_type=audit.Target.USER)
+    audit.record(audit.Action.LOGIN_FAILED, username="stayer", target_type=audit.Target.USER)
+
+    page = client_for("admin").get("/audit/").content.decode()
+
+    assert 'leaver <span class="note">(deleted)</span>' in page
+    assert "stayer (deleted)" not in page
+    assert 'stayer <span class="note">(deleted)</span>' not in page
+    assert page.count("stayer") >= 2
+
+
 # ---------------------------------------------------------------------------- transactions
 
 

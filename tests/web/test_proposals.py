@@ -3,6 +3,7 @@ queries and the GeoJSON export. The tiny SAM has random weights: these tests che
 pipeline's rules, not segmentation quality."""
 
 import json
+import time
 from datetime import timedelta
 
 import pytest
@@ -157,9 +158,10 @@ def test_taken_over_run_resumes_from_journal(cmu_slide, fast_proposals, monkeypa
     taken_over = services.execute_proposal_run(run.pk, owner="worker-b")
 
     assert taken_over.status == ProposalRun.Status.SUCCEEDED, taken_over.message
-    assert progress[0] == 1
+    assert progress[0] == 2  # the journaled tiles, reported at once
     assert taken_over.tiles_done == taken_over.tiles_total == progress[-1] == 4
     assert taken_over.lease_owner == ""
+    assert taken_over.started_at == crashed.started_at
     assert ProposalRunTile.objects.filter(run=run).count() == 0
     resumed_outlines = _stored_outlines(run)
     resumed_counts = taken_over.counts
@@ -194,6 +196,73 @@ def test_journal_of_other_weights_is_dropped(cmu_slide, fast_proposals, monkeypa
     assert sorted(recorded) == [0, 1, 2, 3]
     assert finished.counts["masks_generated"] < 999
     assert ProposalRunTile.objects.filter(run=run).count() == 0
+
+
+def test_taken_over_run_stores_nothing(cmu_slide, fast_proposals, monkeypatch):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    original_record = RunJournal.record_tile
+
+    def record_then_lose_lease(journal, tile_index, payload):
+        original_record(journal, tile_index, payload)
+        ProposalRun.objects.filter(pk=journal.run_id).update(lease_owner="worker-b")
+
+    monkeypatch.setattr(RunJournal, "record_tile", record_then_lose_lease)
+    stopped = services.execute_proposal_run(run.pk, owner="worker-a")
+
+    row = ProposalRun.objects.get(pk=run.pk)
+    assert stopped.pk == run.pk
+    assert row.status == ProposalRun.Status.RUNNING
+    assert row.lease_owner == "worker-b"
+    assert row.message == ""
+    assert Instance.objects.filter(slide=cmu_slide).count() == 0
+
+
+# Committed statements, as in a worker: the journal row of the deleted run fails at once.
+@pytest.mark.django_db(transaction=True)
+def test_run_deleted_while_running_stops(cmu_slide, fast_proposals, monkeypatch, caplog):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    original_record = RunJournal.record_tile
+
+    def record_then_delete_run(journal, tile_index, payload):
+        original_record(journal, tile_index, payload)
+        ProposalRun.objects.filter(pk=journal.run_id).delete()
+
+    monkeypatch.setattr(RunJournal, "record_tile", record_then_delete_run)
+    services.execute_proposal_run(run.pk, owner="worker-a")
+
+    assert f"Run {run.pk} was deleted while it ran" in caplog.text
+    assert ProposalRun.objects.count() == 0
+    assert Instance.objects.filter(slide=cmu_slide).count() == 0
+
+
+def test_task_of_deleted_run_is_not_retried(cmu_slide):
+    from apps.annotations.tasks import run_proposals
+
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    run_id = run.pk
+    run.delete()
+
+    # Called in this process: a retry would raise celery.exceptions.Retry.
+    assert run_proposals(run_id) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_slow_tile_keeps_lease(cmu_slide, settings):
+    from nephroweb.leases import acquire_lease
+
+    settings.NEPHROWEB_TASK_LEASE_S = 3  # renewed every second by the worker's thread
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    taken_by_other_worker = []
+
+    def slow_tile(run, report):
+        time.sleep(4.5)  # longer than the lease, with no progress report in between
+        taken_by_other_worker.append(acquire_lease(ProposalRun, run.pk, "worker-b"))
+        raise SettingsError("stopped by the test")
+
+    services.execute_run(run.pk, owner="worker-a", body=slow_tile)
+
+    assert taken_by_other_worker == [False]
+    assert ProposalRun.objects.get(pk=run.pk).message == "stopped by the test"
 
 
 def test_failed_run_clears_journal(cmu_slide, fast_proposals, monkeypatch):

@@ -61,7 +61,7 @@ PRODUCTION = {
         ({"NEPHROWEB_DEBUG": "1"}, "NEPHROWEB_DEBUG must be off in production."),
         ({"NEPHROWEB_SECRET_KEY": ""}, "NEPHROWEB_SECRET_KEY must be set in production."),
         ({"NEPHROWEB_SECRET_KEY": "short"},
-         "NEPHROWEB_SECRET_KEY has 5 characters; production needs at least 32 random ones."),
+         "NEPHROWEB_SECRET_KEY has 5 characters; production needs at least 50 random ones."),
         ({"NEPHROWEB_ALLOWED_HOSTS": "*"},
          "NEPHROWEB_ALLOWED_HOSTS must list host names in production, not '*'."),
         ({"DATABASE_URL": ""}, "NEPHROWEB_PRODUCTION needs DATABASE_URL to name a PostgreSQL"),
