@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,22 @@ def data_dir(settings, tmp_path) -> Path:
     folder.mkdir()
     settings.DATA_DIR = folder
     return folder
+
+
+def post_annotation_file(client, slide, path: Path, mapping=None):
+    """POST ``path`` to the slide's annotation import API, with an optional class mapping."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    fields = {"file": SimpleUploadedFile(path.name, path.read_bytes())}
+    if mapping is not None:
+        fields["mapping"] = json.dumps(mapping)
+    return client.post(f"/api/slides/{slide.pk}/annotation-imports/", fields)
+
+
+def assert_no_annotation_written() -> None:
+    """Assert that no instance, instance event or audit row exists."""
+    from apps.annotations.models import Instance, InstanceEvent
+
+    assert Instance.objects.count() == 0
+    assert InstanceEvent.objects.count() == 0
+    assert audited_actions() == []

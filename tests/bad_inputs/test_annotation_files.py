@@ -8,7 +8,6 @@ leaves no Instance, no history event and no audit row.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -16,7 +15,13 @@ from shapely.geometry import shape
 
 from apps.annotations.models import Instance, InstanceEvent
 from tests.bad_inputs import annotation_files
-from tests.bad_inputs.conftest import assert_no_traceback, audited_actions, run_command
+from tests.bad_inputs.conftest import (
+    assert_no_annotation_written,
+    assert_no_traceback,
+    audited_actions,
+    post_annotation_file,
+    run_command,
+)
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -41,19 +46,6 @@ def _generate(case: str, shared_data, folder):
     return generator(shared_data, folder)
 
 
-def _post(client, slide, path, mapping=None):
-    fields = {"file": SimpleUploadedFile(path.name, path.read_bytes())}
-    if mapping is not None:
-        fields["mapping"] = json.dumps(mapping)
-    return client.post(f"/api/slides/{slide.pk}/annotation-imports/", fields)
-
-
-def _assert_nothing_written():
-    assert Instance.objects.count() == 0
-    assert InstanceEvent.objects.count() == 0
-    assert audited_actions() == []
-
-
 # (generator, fragments of the message, which starts with "Annotation file <name> ").
 UNREADABLE_FILES = [
     ("not_json", ["is neither JSON nor XML (it starts with b'Glomeruli were count')", SUPPORTED]),
@@ -72,7 +64,7 @@ UNREADABLE_FILES = [
 def test_api_rejects_unreadable_file(case, fragments, slide, client_for, shared_data, inputs_dir):
     path = _generate(case, shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     detail = response.json()["detail"]
@@ -80,7 +72,7 @@ def test_api_rejects_unreadable_file(case, fragments, slide, client_for, shared_
     for fragment in fragments:
         assert fragment in detail
     assert_no_traceback(detail)
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize(("case", "fragments"), UNREADABLE_FILES)
@@ -95,7 +87,7 @@ def test_command_rejects_unreadable_file(case, fragments, slide, shared_data, in
     for fragment in fragments:
         assert fragment in result.stderr
     assert_no_traceback(result.stderr)
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 # (generator, skipped objects as the API lists them, the message's reason part).
@@ -117,7 +109,7 @@ def test_api_nothing_imported_is_400(
 ):
     path = _generate(case, shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     body = response.json()
@@ -125,7 +117,7 @@ def test_api_nothing_imported_is_400(
     assert body["created"] == 0
     assert body["skipped"] == skipped
     assert body["outside_slide"] == (1 if case == "outside_slide" else 0)
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize(("case", "skipped", "reason"), NOTHING_IMPORTED)
@@ -140,7 +132,7 @@ def test_command_nothing_imported_exits_1(case, skipped, reason, slide, shared_d
     assert result.stderr.splitlines() == [
         *skip_lines, f"CommandError: Nothing from {path.name} was imported: {reason}."
     ]
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 def test_nothing_imported_message_lists_three_reasons(slide, shared_data, inputs_dir):
@@ -163,7 +155,7 @@ def test_nothing_imported_message_lists_three_reasons(slide, shared_data, inputs
 def test_api_unknown_classes_listed_with_counts(slide, client_for, shared_data, inputs_dir):
     path = annotation_files.unknown_classes(shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     body = response.json()
@@ -172,7 +164,7 @@ def test_api_unknown_classes_listed_with_counts(slide, client_for, shared_data, 
         "unknown_classes.geojson: unknown class names 'Tumor' (2), 'Stroma' (1). "
     )
     assert body["detail"].endswith("Nothing was imported.")
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 def test_command_unknown_classes_suggest_map(slide, shared_data, inputs_dir):
@@ -183,13 +175,13 @@ def test_command_unknown_classes_suggest_map(slide, shared_data, inputs_dir):
     assert result.exit_code == 1
     assert "unknown class names 'Tumor' (2), 'Stroma' (1)" in result.stderr
     assert "Use --map 'NAME=CLASS' for each, or --map 'NAME=' to leave them out." in result.stderr
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 def test_all_left_out_by_mapping_is_400(slide, client_for, shared_data, inputs_dir):
     path = annotation_files.unknown_classes(shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path, mapping={"Tumor": "", "Stroma": ""})
+    response = post_annotation_file(client_for("admin"), slide, path, mapping={"Tumor": "", "Stroma": ""})
 
     assert response.status_code == 400
     body = response.json()
@@ -197,7 +189,7 @@ def test_all_left_out_by_mapping_is_400(slide, client_for, shared_data, inputs_d
         "Nothing from unknown_classes.geojson was imported: 3 objects left out by the mapping."
     )
     assert body["left_out_by_mapping"] == {"Stroma": 1, "Tumor": 2}
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize(("mapping", "message"), [
@@ -217,13 +209,13 @@ def test_api_rejects_bad_mapping(mapping, message, slide, client_for, shared_dat
 
     assert response.status_code == 400
     assert response.json()["detail"].startswith(message)
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 def test_bow_tie_is_repaired_and_counted(slide, client_for, shared_data, inputs_dir):
     path = annotation_files.bow_tie(shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -248,7 +240,7 @@ def test_command_reports_repaired_bow_tie(slide, shared_data, inputs_dir):
 def test_api_mixed_file_skips_only_bad(slide, client_for, shared_data, inputs_dir):
     path = annotation_files.mixed_one_bad(shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -293,4 +285,4 @@ def test_command_missing_slide_and_file(slide, inputs_dir):
     assert missing_file.stderr.startswith(
         f"CommandError: Annotation file {absent} cannot be read (No such file"
     )
-    _assert_nothing_written()
+    assert_no_annotation_written()

@@ -8,17 +8,21 @@ anything is expanded or read.
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 
 import pytest
-from django.core.files.uploadedfile import SimpleUploadedFile
 from shapely.geometry import shape
 
 from apps.annotations.models import Instance, InstanceEvent
 from ml.annotation_files import read_annotation_file
 from tests.bad_inputs import annotation_files, xml_files
-from tests.bad_inputs.conftest import assert_no_traceback, audited_actions, run_command
+from tests.bad_inputs.conftest import (
+    assert_no_annotation_written,
+    assert_no_traceback,
+    audited_actions,
+    post_annotation_file,
+    run_command,
+)
 from tests.conftest import create_slide_record
 
 pytestmark = pytest.mark.django_db
@@ -38,19 +42,6 @@ SECRET_TEXT = "secret-text-of-a-local-file"
 def slide():
     width_px, height_px = annotation_files.SLIDE_SIZE_PX
     return create_slide_record("biopsy", width_px, height_px, mpp=0.5)
-
-
-def _post(client, slide, path, mapping=None):
-    fields = {"file": SimpleUploadedFile(path.name, path.read_bytes())}
-    if mapping is not None:
-        fields["mapping"] = json.dumps(mapping)
-    return client.post(f"/api/slides/{slide.pk}/annotation-imports/", fields)
-
-
-def _assert_nothing_written():
-    assert Instance.objects.count() == 0
-    assert InstanceEvent.objects.count() == 0
-    assert audited_actions() == []
 
 
 def _with_vertex(ring, position, vertex):
@@ -112,7 +103,7 @@ UNREADABLE_CASES = [
 def test_api_rejects_unreadable_xml(case, slide, client_for, shared_data, inputs_dir, tmp_path):
     path, fragments = _unreadable(case, shared_data, inputs_dir, tmp_path)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     detail = response.json()["detail"]
@@ -121,7 +112,7 @@ def test_api_rejects_unreadable_xml(case, slide, client_for, shared_data, inputs
         assert fragment in detail
     assert_no_traceback(detail)
     assert SECRET_TEXT not in response.content.decode()
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize("case", UNREADABLE_CASES)
@@ -138,7 +129,7 @@ def test_command_rejects_unreadable_xml(case, slide, shared_data, inputs_dir, tm
         assert fragment in result.stderr
     assert_no_traceback(result.stderr)
     assert SECRET_TEXT not in result.stderr
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 def test_billion_laughs_rejected_unexpanded(inputs_dir):
@@ -199,7 +190,7 @@ def _write_bad_object(kind, name, shared_data, folder):
 def test_api_bad_only_object_is_400(kind, name, slide, client_for, shared_data, inputs_dir):
     path, reason = _write_bad_object(kind, name, shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     body = response.json()
@@ -209,7 +200,7 @@ def test_api_bad_only_object_is_400(kind, name, slide, client_for, shared_data, 
     assert body["format"] == xml_files.FORMAT_NAME[kind]
     assert body["skipped"] == [{"index": 0, "reason": reason}]
     assert body["created"] == 0
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize(("kind", "name"), BAD_OBJECT_CASES)
@@ -228,7 +219,7 @@ def test_command_bad_only_object_exits_1(kind, name, slide, shared_data, inputs_
         f"CommandError: Nothing from {path.name} was imported: 1 object skipped "
         f"(object 0: {reason}).",
     ]
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 MIXED_BAD_INDEX = 2
@@ -250,7 +241,7 @@ def test_api_one_bad_region_never_aborts(kind, slide, client_for, shared_data, i
     path = xml_files.write_objects(kind, shared_data, inputs_dir, "mixed.xml", _mixed_objects())
     element = xml_files.VERTEX_ELEMENT[kind]
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -291,7 +282,7 @@ def test_self_intersecting_region_repaired(kind, slide, client_for, shared_data,
         kind, shared_data, inputs_dir, "bow_tie.xml", [(bow_tie, "Glomerulus")]
     )
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -311,7 +302,7 @@ def _unknown_class_file(kind, shared_data, folder):
 def test_api_unknown_group_names_listed(kind, slide, client_for, shared_data, inputs_dir):
     path = _unknown_class_file(kind, shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     body = response.json()
@@ -320,7 +311,7 @@ def test_api_unknown_group_names_listed(kind, slide, client_for, shared_data, in
         "unknown_classes.xml: unknown class names 'Tumor' (2), 'Stroma' (1). "
     )
     assert body["detail"].endswith("Nothing was imported.")
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize("kind", xml_files.KINDS)
@@ -340,7 +331,7 @@ def test_command_unknown_group_names_suggest_map(kind, slide, shared_data, input
         "Nothing was imported. Use --map 'NAME=CLASS' for each, or --map 'NAME=' to leave "
         "them out.\n"
     )
-    _assert_nothing_written()
+    assert_no_annotation_written()
 
 
 @pytest.mark.parametrize("kind", xml_files.KINDS)
@@ -362,10 +353,10 @@ def test_command_map_imports_unknown_groups(kind, slide, shared_data, inputs_dir
 def test_point_annotation_skipped(slide, client_for, shared_data, inputs_dir):
     path = xml_files.point_annotation(shared_data, inputs_dir)
 
-    response = _post(client_for("admin"), slide, path)
+    response = post_annotation_file(client_for("admin"), slide, path)
 
     assert response.status_code == 400
     assert response.json()["skipped"] == [
         {"index": 0, "reason": "ASAP Dot is a point annotation, not an area"}
     ]
-    _assert_nothing_written()
+    assert_no_annotation_written()
