@@ -145,7 +145,9 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
         _fail(run, str(exc))
     except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
         if not ProposalRun.objects.filter(pk=run_id).exists():
-            logger.warning("Run %s was deleted while it ran (%s); stopped", run_id, exc)
+            logger.warning(
+                "Run %s was deleted while it ran, so it stopped (%s)", run_id, type(exc).__name__
+            )
             return run
         logger.exception("Run %s failed", run.pk)
         _fail(run, f"Internal error ({type(exc).__name__}); the worker log has the details.")

@@ -253,7 +253,8 @@ def execute_training(
     except Exception as exc:  # noqa: BLE001  stored for the UI, logged with its traceback
         if not ModelVersion.objects.filter(pk=version_id).exists():
             logger.warning(
-                "Model version %s was deleted while it trained (%s); stopped", version_id, exc
+                "Model version %s was deleted while it trained, so it stopped (%s)",
+                version_id, type(exc).__name__,
             )
             return version
         logger.exception("Model version %s failed", version_id)

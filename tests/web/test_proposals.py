@@ -230,7 +230,7 @@ def test_run_deleted_while_running_stops(cmu_slide, fast_proposals, monkeypatch,
     monkeypatch.setattr(RunJournal, "record_tile", record_then_delete_run)
     services.execute_proposal_run(run.pk, owner="worker-a")
 
-    assert f"Run {run.pk} was deleted while it ran" in caplog.text
+    assert f"Run {run.pk} was deleted while it ran, so it stopped (IntegrityError)" in caplog.text
     assert ProposalRun.objects.count() == 0
     assert Instance.objects.filter(slide=cmu_slide).count() == 0
 
