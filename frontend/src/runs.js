@@ -41,11 +41,11 @@ export function noProposalsMessage(counts) {
   const drops = Object.entries(COUNT_LABELS)
     .filter(([key]) => key.startsWith("dropped_") && counts[key] > 0)
     .sort(([a], [b]) => counts[b] - counts[a]);
-  const most = drops.length
+  const topFilter = drops.length
     ? ` The filter that dropped the most: "${drops[0][1].replace("dropped: ", "")}" ` +
       `(${counts[drops[0][0]]} of ${counts.masks_generated} masks).`
     : "";
-  return `SAM made ${counts.masks_generated} masks, but no proposal was stored.${most} ` +
+  return `SAM made ${counts.masks_generated} masks, but no proposal was stored.${topFilter} ` +
     "The counts below list every filter.";
 }
 
