@@ -7,7 +7,10 @@ task whose worker died can be taken over once the lease has expired.
 """
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -17,6 +20,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+
+def new_owner_id() -> str:
+    """Return a lease owner id for this worker process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def lease_seconds() -> int:

@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -32,7 +29,7 @@ from apps.training.snapshots import trainable_class_names
 from ml.errors import NephrowebError
 from ml.evaluation import EvaluationInstance, evaluate_instances
 from ml.polygons import make_valid_polygons
-from nephroweb.leases import acquire_lease, release_lease, renewing_lease
+from nephroweb.leases import acquire_lease, new_owner_id, release_lease, renewing_lease
 
 from .models import ModelEvaluation
 from .predictions import load_run_predictions, latest_segmentation_run
@@ -267,7 +264,7 @@ def execute_evaluation(evaluation_id: int, *, owner: str = "") -> ModelEvaluatio
     """
     evaluations = ModelEvaluation.objects.select_related("model_version")
     evaluations.get(pk=evaluation_id)  # raises DoesNotExist before any lease is taken
-    owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    owner = owner or new_owner_id()
     if not acquire_lease(ModelEvaluation, evaluation_id, owner):
         logger.info("Evaluation %s is held by another worker; skipping", evaluation_id)
         return None

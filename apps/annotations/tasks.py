@@ -4,24 +4,17 @@ A run taken over after its worker died resumes from its tile journal (apps.annot
 """
 
 import logging
-import os
-import socket
-import uuid
 
 import torch
 from celery import shared_task
 from django.conf import settings
 
-from nephroweb.leases import retry_when_lease_expires
+from nephroweb.leases import new_owner_id, retry_when_lease_expires
 
 from . import services
 from .models import ProposalRun
 
 logger = logging.getLogger(__name__)
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _retry_when_lease_expires(task, run_id: int) -> None:
@@ -32,7 +25,7 @@ def _retry_when_lease_expires(task, run_id: int) -> None:
 def run_proposals(self, run_id: int) -> None:
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
-    if services.execute_proposal_run(run_id, owner=_worker_id()) is None:
+    if services.execute_proposal_run(run_id, owner=new_owner_id()) is None:
         _retry_when_lease_expires(self, run_id)
 
 
@@ -42,5 +35,5 @@ def run_segmentation(self, run_id: int) -> None:
 
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
-    if execute_segmentation_run(run_id, owner=_worker_id()) is None:
+    if execute_segmentation_run(run_id, owner=new_owner_id()) is None:
         _retry_when_lease_expires(self, run_id)

@@ -1,13 +1,9 @@
 """Celery task of model training; it loads an id, calls the service and returns."""
 
-import os
-import socket
-import uuid
-
 from celery import shared_task
 from django.conf import settings
 
-from nephroweb.leases import retry_when_lease_expires
+from nephroweb.leases import new_owner_id, retry_when_lease_expires
 
 from . import services
 from .models import ModelVersion
@@ -24,6 +20,5 @@ def run_training(self, version_id: int) -> None:
 
     if settings.NEPHROWEB_TORCH_THREADS > 0:
         torch.set_num_threads(settings.NEPHROWEB_TORCH_THREADS)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if services.execute_training(version_id, owner=owner) is None:
+    if services.execute_training(version_id, owner=new_owner_id()) is None:
         retry_when_lease_expires(self, ModelVersion, version_id, f"Model version {version_id}")

@@ -136,3 +136,15 @@ def assert_no_annotation_written() -> None:
     assert Instance.objects.count() == 0
     assert InstanceEvent.objects.count() == 0
     assert audited_actions() == []
+
+
+def assert_unknown_classes_rejected(response, file_name: str) -> None:
+    """Assert the import API's 400 for a file with the classes Tumor (2) and Stroma (1)."""
+    assert response.status_code == 400
+    body = response.json()
+    assert body["unknown_classes"] == {"Tumor": 2, "Stroma": 1}
+    assert body["detail"].startswith(
+        f"{file_name}: unknown class names 'Tumor' (2), 'Stroma' (1). "
+    )
+    assert body["detail"].endswith("Nothing was imported.")
+    assert_no_annotation_written()

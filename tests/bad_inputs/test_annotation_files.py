@@ -18,6 +18,7 @@ from tests.bad_inputs import annotation_files
 from tests.bad_inputs.conftest import (
     assert_no_annotation_written,
     assert_no_traceback,
+    assert_unknown_classes_rejected,
     audited_actions,
     post_annotation_file,
     run_command,
@@ -157,14 +158,7 @@ def test_api_unknown_classes_listed_with_counts(slide, client_for, shared_data, 
 
     response = post_annotation_file(client_for("admin"), slide, path)
 
-    assert response.status_code == 400
-    body = response.json()
-    assert body["unknown_classes"] == {"Tumor": 2, "Stroma": 1}
-    assert body["detail"].startswith(
-        "unknown_classes.geojson: unknown class names 'Tumor' (2), 'Stroma' (1). "
-    )
-    assert body["detail"].endswith("Nothing was imported.")
-    assert_no_annotation_written()
+    assert_unknown_classes_rejected(response, "unknown_classes.geojson")
 
 
 def test_command_unknown_classes_suggest_map(slide, shared_data, inputs_dir):
@@ -181,7 +175,9 @@ def test_command_unknown_classes_suggest_map(slide, shared_data, inputs_dir):
 def test_all_left_out_by_mapping_is_400(slide, client_for, shared_data, inputs_dir):
     path = annotation_files.unknown_classes(shared_data, inputs_dir)
 
-    response = post_annotation_file(client_for("admin"), slide, path, mapping={"Tumor": "", "Stroma": ""})
+    response = post_annotation_file(
+        client_for("admin"), slide, path, mapping={"Tumor": "", "Stroma": ""}
+    )
 
     assert response.status_code == 400
     body = response.json()

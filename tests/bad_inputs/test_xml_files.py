@@ -19,6 +19,7 @@ from tests.bad_inputs import annotation_files, xml_files
 from tests.bad_inputs.conftest import (
     assert_no_annotation_written,
     assert_no_traceback,
+    assert_unknown_classes_rejected,
     audited_actions,
     post_annotation_file,
     run_command,
@@ -304,14 +305,7 @@ def test_api_unknown_group_names_listed(kind, slide, client_for, shared_data, in
 
     response = post_annotation_file(client_for("admin"), slide, path)
 
-    assert response.status_code == 400
-    body = response.json()
-    assert body["unknown_classes"] == {"Tumor": 2, "Stroma": 1}
-    assert body["detail"].startswith(
-        "unknown_classes.xml: unknown class names 'Tumor' (2), 'Stroma' (1). "
-    )
-    assert body["detail"].endswith("Nothing was imported.")
-    assert_no_annotation_written()
+    assert_unknown_classes_rejected(response, "unknown_classes.xml")
 
 
 @pytest.mark.parametrize("kind", xml_files.KINDS)

@@ -5,7 +5,7 @@ Every annotation (ASAP) or layer and region (ImageScope) copies the attributes o
 first one in the real file. Only the vertices, the group or layer name and the number of
 objects change. Coordinates are level-0 pixels on a slide of
 ``annotation_files.SLIDE_SIZE_PX``. A vertex is ``(x, y)``, where a value may be a number,
-a string written as it stands (``"abc"``, ``"NaN"``) or None for a missing attribute.
+a string written verbatim (``"abc"``, ``"NaN"``) or None for a missing attribute.
 
 ``kind`` is "asap" or "aperio" throughout.
 """
