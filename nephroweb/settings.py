@@ -400,9 +400,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {
+        "refusal_without_traceback": {"()": "nephroweb.log_filters.RefusalWithoutTraceback"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("NEPHROWEB_LOG_LEVEL", "INFO")},
-    "loggers": {"large_image": {"level": "WARNING"}},
+    "loggers": {
+        "large_image": {"level": "WARNING"},
+        "django.request": {"filters": ["refusal_without_traceback"]},
+    },
 }
 
 # Review queue order: "predicted_iou" (lowest SAM predicted IoU first),

@@ -14,10 +14,18 @@ admin.site.login_form = ThrottledAdminAuthenticationForm
 @admin.action(description="Unlock sign-in of the selected users", permissions=["change"])
 def unlock_sign_in(modeladmin, request, queryset):
     """Remove the sign-in lock and failure count of each selected user."""
-    unlocked = [
-        user.get_username() for user in queryset
-        if signin_throttle.unlock(signin_throttle.USER, user.get_username(), by=request.user)
-    ]
+    try:
+        unlocked = [
+            user.get_username() for user in queryset
+            if signin_throttle.unlock(signin_throttle.USER, user.get_username(), by=request.user)
+        ]
+    except signin_throttle.StoreUnavailable as exc:
+        modeladmin.message_user(
+            request,
+            f"Nothing was unlocked: the sign-in store (Redis at REDIS_URL) is unreachable: {exc}",
+            messages.ERROR,
+        )
+        return
     if unlocked:
         modeladmin.message_user(request, f"Unlocked sign-in of {', '.join(unlocked)}.")
     else:

@@ -15,6 +15,7 @@ lock starts a new count, so the name or address gets its full number of tries af
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -23,6 +24,7 @@ import time
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import caches
+from redis.exceptions import RedisError
 
 from . import audit
 
@@ -52,6 +54,34 @@ class Lock:
         )
 
 
+STORE_UNAVAILABLE_MESSAGE = (
+    "Sign-in is unavailable right now: the server cannot reach its store of failed "
+    "sign-ins (Redis). Try again in a minute; if this persists, tell your administrator."
+)
+
+
+class StoreUnavailable(Exception):
+    """The store of counters and locks (the "signin" cache) cannot be reached."""
+
+
+def _store_call(function):
+    """Turn a Redis error of ``function`` into StoreUnavailable.
+
+    Without its counters the throttle could not stop a password guesser, so sign-in is
+    refused while the store is down rather than let through unthrottled.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except RedisError as exc:
+            logger.error("Sign-in store unreachable (%s: %s)", type(exc).__name__, exc)
+            raise StoreUnavailable(str(exc)) from exc
+
+    return wrapper
+
+
 def _cache():
     return caches["signin"]
 
@@ -70,6 +100,7 @@ def _subjects(username: str, ip_address: str | None):
         yield CLIENT_ADDRESS, ip_address, settings.NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP
 
 
+@_store_call
 def current_lock(username: str, ip_address: str | None) -> Lock | None:
     """Return the lock on ``username`` or on ``ip_address`` that has longest to run, or None."""
     locks = []
@@ -107,6 +138,7 @@ def _user_id(username: str) -> int | None:
     )
 
 
+@_store_call
 def record_failure(username: str, ip_address: str | None) -> None:
     """Count a failed sign-in, and lock the name or address that reached its limit.
 
@@ -135,11 +167,13 @@ def record_failure(username: str, ip_address: str | None) -> None:
         )
 
 
+@_store_call
 def clear_failures(username: str) -> None:
     """Forget the failures of ``username``, after it signed in."""
     _cache().delete(_key("failures", USER, username))
 
 
+@_store_call
 def unlock(scope: str, value: str, *, by=None) -> bool:
     """Remove the lock and the failure count of ``value`` in ``scope``, on behalf of ``by``.
 
@@ -175,5 +209,13 @@ def count_failed_login(sender, credentials, request=None, **kwargs):
 
 
 def clear_after_login(sender, request, user, **kwargs):
-    """Forget the failures of a user who signed in (``user_logged_in``)."""
-    clear_failures(user.get_username())
+    """Forget the failures of a user who signed in (``user_logged_in``).
+
+    The password was right and no lock was found. If the store is unreachable, the old
+    count stays until its window ends, and the sign-in goes on.
+    """
+    try:
+        clear_failures(user.get_username())
+    except StoreUnavailable:
+        logger.warning("Failed sign-ins of %r not cleared: the store is unreachable",
+                       user.get_username())

@@ -84,3 +84,17 @@ def test_production_settings_are_safe():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split() == ["False", "True", "True", "True"]
+
+
+def test_manage_py_names_refusal_in_one_line():
+    env = {**os.environ, **PRODUCTION, "NEPHROWEB_SECRET_KEY": "short"}
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+    assert completed.returncode == 1
+    assert completed.stderr == (
+        "nephroweb: configuration refused: NEPHROWEB_SECRET_KEY has 5 characters; "
+        "production needs at least 50 random ones.\n"
+    )

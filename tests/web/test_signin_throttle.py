@@ -422,3 +422,88 @@ def test_invalid_throttle_setting_stops_start_up(variable, value, message):
 
     assert completed.returncode != 0
     assert message in completed.stderr
+
+
+# ---------------------------------------------------------------------------- store down
+
+
+@pytest.fixture
+def unreachable_store(settings):
+    """Point the "signin" cache at a loopback port that this test reserved and closed."""
+    import socket
+
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        port = reserved.getsockname()[1]
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "signin": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{port}/0",
+        },
+    }
+    return port
+
+
+def test_store_down_refuses_sign_in(client, make_user, unreachable_store):
+    make_user("annotator", username="dave")
+    start = _last_id()
+
+    response = _sign_in(client, "dave", PASSWORD)
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "60"
+    assert signin_throttle.STORE_UNAVAILABLE_MESSAGE in response.content.decode()
+    assert "The user name or password is wrong." not in response.content.decode()
+    assert _signed_in_user_id(client) is None
+    assert _rows(start) == []
+
+
+def test_store_down_refuses_admin_site_sign_in(client, staff_admin, unreachable_store):
+    response = _sign_in(client, "admin-1", PASSWORD, path="/admin/login/")
+
+    assert response.status_code == 200
+    assert signin_throttle.STORE_UNAVAILABLE_MESSAGE in response.content.decode()
+    assert _signed_in_user_id(client) is None
+
+
+def test_store_down_unlock_command_exits_3(unreachable_store):
+    with pytest.raises(CommandError) as raised:
+        call_command("unlock_signin", "dave")
+
+    assert raised.value.returncode == 3
+    assert str(raised.value).startswith(
+        "Cannot reach the sign-in store (Redis at REDIS_URL): Error 111 connecting to "
+        f"127.0.0.1:{unreachable_store}."
+    )
+
+
+def test_store_down_admin_action_says_nothing_unlocked(
+    client, make_user, staff_admin, unreachable_store
+):
+    alice = make_user("annotator", username="alice")
+    client.force_login(staff_admin)
+    start = _last_id()
+
+    response = client.post(
+        "/admin/auth/user/",
+        {"action": "unlock_sign_in", "_selected_action": [alice.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    shown = [str(message) for message in response.context["messages"]]
+    assert len(shown) == 1
+    assert shown[0].startswith(
+        "Nothing was unlocked: the sign-in store (Redis at REDIS_URL) is unreachable: "
+    )
+    assert _rows(start) == []
+
+
+def test_store_down_after_password_check_keeps_sign_in(make_user, unreachable_store, caplog):
+    """Clearing the count after a right password fails softly: the count expires anyway."""
+    alice = make_user("annotator", username="alice")
+
+    signin_throttle.clear_after_login(sender=None, request=None, user=alice)
+
+    assert "Failed sign-ins of 'alice' not cleared: the store is unreachable" in caplog.text

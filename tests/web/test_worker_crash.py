@@ -51,7 +51,7 @@ def _finished_and_released(row, finished_states):
     """Return ``row`` once it is finished and its worker released the lease, else None.
 
     The worker commits the final status first and releases the lease right after, so a
-    poll in between sees a finished row that is still leased.
+    poll in between can read a finished row that is still leased.
     """
     if row.status in finished_states and row.lease_owner == "":
         return row

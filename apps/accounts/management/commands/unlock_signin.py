@@ -2,7 +2,8 @@
 
 Removes the lock and the failure count of a user name, of a client address, or both, and
 writes a ``login_unlocked`` audit row for each. Exit status 0 when something was removed,
-1 when neither was locked nor had failures, 2 on an invalid command line.
+1 when neither was locked nor had failures, 2 on an invalid command line, 3 when the
+sign-in store (Redis) cannot be reached.
 """
 
 import ipaddress
@@ -45,7 +46,13 @@ class Command(BaseCommand):
         removed = 0
         for scope, value in subjects:
             label = "user" if scope == signin_throttle.USER else "client address"
-            if signin_throttle.unlock(scope, value):
+            try:
+                unlocked = signin_throttle.unlock(scope, value)
+            except signin_throttle.StoreUnavailable as exc:
+                raise CommandError(
+                    f"Cannot reach the sign-in store (Redis at REDIS_URL): {exc}", returncode=3
+                ) from exc
+            if unlocked:
                 removed += 1
                 self.stdout.write(f"unlocked sign-in of {label} {value}")
             else:
