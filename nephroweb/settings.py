@@ -216,11 +216,11 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Django's <int:...> matches digits only, so a negative id matches no route.
     "PATH_CONVERTER_OVERRIDES": {"int": {"type": "integer", "minimum": 0}},
-    # Proposal runs and evaluations share one set of "status" choices. Model versions
-    # add "cancelled".
+    # Proposal runs and model versions share one set of "status" choices. Evaluations
+    # lack "cancelled".
     "ENUM_NAME_OVERRIDES": {
-        "TaskStatusEnum": "apps.annotations.models.ProposalRun.Status",
-        "ModelVersionStatusEnum": "apps.training.models.ModelVersion.Status",
+        "CancellableTaskStatusEnum": "apps.annotations.models.ProposalRun.Status",
+        "TaskStatusEnum": "apps.analysis.models.ModelEvaluation.Status",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

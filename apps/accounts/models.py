@@ -46,7 +46,7 @@ class AuditEvent(models.Model):
         SEGMENT = "segment", "started a segmentation run"
         SNAPSHOT = "snapshot", "took a training snapshot"
         TRAIN = "train", "started training"
-        CANCEL = "cancel", "cancelled training"
+        CANCEL = "cancel", "cancelled a run or training"
         EVALUATE = "evaluate", "started an evaluation"
         LOGIN = "login", "signed in"
         LOGIN_FAILED = "login_failed", "failed to sign in"

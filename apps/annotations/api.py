@@ -18,6 +18,7 @@ from apps.accounts import audit
 from apps.accounts.permissions import has_perm
 from apps.slides.models import Slide
 from ml.annotation_files import AnnotationFileError, read_annotation_bytes
+from nephroweb.openapi import error_response
 
 from . import csv_export, segmentation, services
 from .geojson import export_feature_collection
@@ -39,10 +40,14 @@ GEOJSON_RESPONSE = {(200, "application/geo+json"): OpenApiTypes.OBJECT}
 from .viewport import viewport_feature_collection
 
 
+# The permission to start a run, which also allows cancelling one.
+START_RUN = has_perm("slides.view_slide", "annotations.add_proposalrun")
+
+
 class ProposalRunListView(APIView):
     def get_permissions(self):
         if self.request.method == "POST":
-            return [has_perm("slides.view_slide", "annotations.add_proposalrun")()]
+            return [START_RUN()]
         return [has_perm("slides.view_slide", "annotations.view_proposalrun")()]
 
     @extend_schema(responses=ProposalRunSerializer(many=True))
@@ -101,6 +106,20 @@ class ProposalRunDetailView(APIView):
     @extend_schema(responses=ProposalRunSerializer)
     def get(self, request, run_id):
         return Response(ProposalRunSerializer(get_object_or_404(ProposalRun, pk=run_id)).data)
+
+
+class ProposalRunCancelView(APIView):
+    """Cancel a queued run at once, or ask a running one to stop at its next tile."""
+
+    permission_classes = [START_RUN]
+
+    @extend_schema(
+        request=None,
+        responses={200: ProposalRunSerializer, 409: error_response("The run has already finished.")},
+    )
+    def post(self, request, run_id):
+        run = services.cancel_run(get_object_or_404(ProposalRun, pk=run_id), user=request.user)
+        return Response(ProposalRunSerializer(run).data)
 
 
 class InstanceViewportView(APIView):

@@ -25,6 +25,7 @@ class ProposalRun(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     slide = models.ForeignKey(Slide, on_delete=models.CASCADE, related_name="proposal_runs")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -45,7 +46,16 @@ class ProposalRun(models.Model):
     )
     tiles_done = models.PositiveIntegerField(default=0)
     tiles_total = models.PositiveIntegerField(default=0)
-    message = models.TextField(blank=True, help_text="Why the run failed, shown to users.")
+    message = models.TextField(
+        blank=True, help_text="Why the run failed or who cancelled it, shown to users."
+    )
+    cancel_requested = models.BooleanField(
+        default=False, help_text="A user asked a running run to stop; its worker stops at the next tile."
+    )
+    cancelled_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
     created_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

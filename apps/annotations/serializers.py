@@ -18,7 +18,7 @@ class ProposalRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "slide", "status", "sam_type", "model_version", "model_version_name",
             "checkpoint_sha256", "settings", "counts", "tiles_done", "tiles_total", "message",
-            "created_at", "started_at", "finished_at", "seconds_remaining",
+            "cancel_requested", "created_at", "started_at", "finished_at", "seconds_remaining",
         ]
         read_only_fields = fields
 

@@ -1,7 +1,8 @@
-"""Proposal runs: create, execute (in a worker), store; and viewport queries."""
+"""Proposal runs: create, execute (in a worker), cancel, store; and viewport queries."""
 
 import logging
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -33,10 +34,31 @@ logger = logging.getLogger(__name__)
 # dropped: a task never puts a duplicate on top of a human's work.
 REVIEWED_OVERLAP_FRACTION = 0.5
 PROGRESS_INTERVAL_S = 0.5
+# A running run reads its cancel_requested flag at most this often, so fast tiles do not
+# cost one query each. The first tile after a start or take-over always reads it.
+CANCEL_CHECK_INTERVAL_S = 1.0
+FINAL_STATES = (
+    ProposalRun.Status.SUCCEEDED, ProposalRun.Status.FAILED, ProposalRun.Status.CANCELLED
+)
 # Stored as a run's sam_type when its checkpoint matches none of SAM's official types.
 CUSTOM_SAM_TYPE = "custom"
 # The indexed box expression of migration 0005; a query must repeat it exactly to use the index.
 BBOX_EXPRESSION = "box(point(x_min_level0, y_min_level0), point(x_max_level0, y_max_level0))"
+
+
+class RunStateError(NephrowebError):
+    """The requested change does not fit the run's current status."""
+
+    status_code = 409
+
+
+class RunCancelled(Exception):
+    """A user cancelled the run while it ran, so the worker stops without storing anything."""
+
+    def __init__(self, tiles_done: int, tiles_total: int) -> None:
+        super().__init__(f"cancelled after {tiles_done} of {tiles_total} tiles")
+        self.tiles_done = tiles_done
+        self.tiles_total = tiles_total
 
 
 def proposal_settings(overrides: dict | None = None):
@@ -70,6 +92,64 @@ def start_proposal_run(slide, *, user=None, sam_type=None, overrides=None, enque
             transaction.on_commit(lambda: run_proposals.delay(run.pk))
     logger.info("Queued proposal run %s on slide %s", run.pk, slide.pk)
     return run
+
+
+def run_label(run: ProposalRun) -> str:
+    """Name a run as users see it: "Proposal run 3" or "Segmentation run 3"."""
+    kind = "Segmentation run" if run.model_version_id else "Proposal run"
+    return f"{kind} {run.pk}"
+
+
+def cancel_run(run: ProposalRun, *, user) -> ProposalRun:
+    """Cancel a queued run at once, or ask a running one to stop at its next tile.
+
+    The worker of a running run then sets the status to cancelled and stores nothing, so
+    the slide's pending proposals stay as they were. A running run whose lease has
+    lapsed (its worker died) is cancelled at once as well. ``user`` is stored as the one
+    who cancelled and named in the run's message; without one the message names no user.
+
+    Raises:
+        RunStateError: The run has already finished (status 409).
+    """
+    with transaction.atomic():
+        run = ProposalRun.objects.select_for_update().get(pk=run.pk)
+        if run.status in FINAL_STATES:
+            raise RunStateError(
+                f"{run_label(run)} has already finished ({run.status}). "
+                "Only queued or running runs can be cancelled."
+            )
+        run.cancel_requested = True
+        run.cancelled_by = user if user is not None and user.is_authenticated else None
+        fields = ["cancel_requested", "cancelled_by"]
+        lease_lapsed = run.lease_expires_at is None or run.lease_expires_at < timezone.now()
+        if run.status == ProposalRun.Status.QUEUED:
+            run.message = cancelled_message(run.cancelled_by, "before it started")
+        elif lease_lapsed:
+            run.message = cancelled_message(
+                run.cancelled_by, f"after {run.tiles_done} of {run.tiles_total} tiles"
+            )
+            clear_journal(run.pk)
+        if run.status == ProposalRun.Status.QUEUED or lease_lapsed:
+            run.status = ProposalRun.Status.CANCELLED
+            run.finished_at = timezone.now()
+            fields += ["status", "finished_at", "message"]
+        run.save(update_fields=fields)
+        audit.record(
+            audit.Action.CANCEL, user=user, target_type=audit.Target.PROPOSAL_RUN,
+            target_id=run.pk, slide_id=run.slide_id, detail={"status": run.status},
+        )
+    logger.info(
+        "%s: cancel requested by %s, status now %s",
+        run_label(run), run.cancelled_by or "no signed-in user", run.status,
+    )
+    events.publish_run(run)
+    return run
+
+
+def cancelled_message(user, when: str) -> str:
+    """Return the message of a cancelled run, e.g. "Cancelled by anna after 2 of 9 tiles."."""
+    by = f" by {user.get_username()}" if user is not None else ""
+    return f"Cancelled{by} {when}."
 
 
 def _acquire_lease(run_id: int, owner: str) -> bool:
@@ -116,28 +196,25 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
     ``body(run, report)`` does the work and stores the result; ``report(tiles_done,
     tiles_total)`` saves and publishes progress. A thread renews the lease meanwhile, and
     ``report`` stops the work (LeaseLost) once the run is deleted or another worker took
-    it over. Returns None when another worker holds the run's lease. A finished run is
-    returned as it is. Failures are stored on the run with a message for the user.
+    it over, and raises RunCancelled once a user cancelled the run. Returns None when
+    another worker holds the run's lease. A finished run (succeeded, failed or cancelled)
+    is returned as it is. Failures are stored on the run with a message for the user.
     """
     if not _acquire_lease(run_id, owner):
         logger.info("Run %s is held by another worker or no longer exists; skipping", run_id)
         return None
     run = ProposalRun.objects.select_related("slide").get(pk=run_id)
     try:
-        if run.status == ProposalRun.Status.SUCCEEDED:
-            logger.info("Run %s already succeeded; nothing to do", run_id)
+        if not _mark_running(run):
+            logger.info("Run %s is already %s, so there is nothing to do", run_id, run.status)
             return run
-        run.status = ProposalRun.Status.RUNNING
-        # A run taken over keeps its first start, so the time-remaining estimate counts
-        # the tiles taken from the journal as work of that time, not as instant.
-        run.started_at = run.started_at or timezone.now()
-        run.message = ""
-        run.save(update_fields=["status", "started_at", "message"])
         events.publish_run(run)
         with renewing_lease(ProposalRun, run_id, owner) as renewal:
             body(run, _progress_reporter(run, renewal))
         stored = ProposalRun.objects.get(pk=run.pk).counts.get("stored", 0)
         logger.info("Run %s stored %d proposals", run.pk, stored)
+    except RunCancelled as exc:
+        _finish_cancelled(run, owner, exc.tiles_done, exc.tiles_total)
     except LeaseLost as exc:
         logger.warning("Run %s stopped without storing anything: %s", run_id, exc)
         return run
@@ -158,12 +235,66 @@ def execute_run(run_id: int, *, owner: str, body) -> ProposalRun | None:
     return run
 
 
+def _mark_running(run: ProposalRun) -> bool:
+    """Set the run's status to running under its row lock, or return False if it has finished.
+
+    Raises:
+        RunCancelled: A user cancelled the run while it ran and its worker died before
+            it stopped, so this worker stops it before any tile.
+    """
+    with transaction.atomic():
+        locked = ProposalRun.objects.select_for_update().get(pk=run.pk)
+        if locked.status in FINAL_STATES:
+            run.refresh_from_db()
+            return False
+        if locked.cancel_requested:
+            raise RunCancelled(locked.tiles_done, locked.tiles_total)
+        run.status = ProposalRun.Status.RUNNING
+        # A run taken over keeps its first start, so the time-remaining estimate counts
+        # the tiles taken from the journal as work of that time, not as instant.
+        run.started_at = locked.started_at or timezone.now()
+        run.message = ""
+        run.save(update_fields=["status", "started_at", "message"])
+    return True
+
+
+def _finish_cancelled(run: ProposalRun, owner: str, tiles_done: int, tiles_total: int) -> None:
+    """Mark a run cancelled after its worker stopped for the cancel request.
+
+    The run stores nothing. Its journal rows are deleted, and so is the predictions file
+    of a segmentation run cancelled between writing that file and storing its instances.
+    """
+    row = ProposalRun.objects.select_related("cancelled_by").get(pk=run.pk)
+    message = cancelled_message(row.cancelled_by, f"after {tiles_done} of {tiles_total} tiles")
+    with transaction.atomic():
+        updated = ProposalRun.objects.filter(pk=run.pk, lease_owner=owner).update(
+            status=ProposalRun.Status.CANCELLED, message=message, finished_at=timezone.now(),
+            tiles_done=tiles_done, tiles_total=tiles_total, predictions_file="",
+        )
+        if updated:
+            clear_journal(run.pk)
+    if not updated:
+        logger.warning(
+            "%s: stopped for its cancel request, but its lease now belongs to another "
+            "worker, which cancels it in turn", run_label(run),
+        )
+        return
+    if row.predictions_file:
+        Path(row.predictions_file).unlink(missing_ok=True)
+    logger.info("%s: %s", run_label(run), message)
+
+
 def _progress_reporter(run: ProposalRun, renewal: LeaseRenewal):
     last_report = [0.0]
+    last_cancel_check = [None]
 
     def report(tiles_done: int, tiles_total: int) -> None:
         renewal.check()
         now = time.monotonic()
+        if last_cancel_check[0] is None or now - last_cancel_check[0] >= CANCEL_CHECK_INTERVAL_S:
+            last_cancel_check[0] = now
+            if ProposalRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
+                raise RunCancelled(tiles_done, tiles_total)
         if tiles_done < tiles_total and now - last_report[0] < PROGRESS_INTERVAL_S:
             return
         last_report[0] = now
@@ -259,6 +390,9 @@ def store_run_instances(run: ProposalRun, candidates, *, source: str, counts: di
         locked = ProposalRun.objects.select_for_update().filter(pk=run.pk).first()
         if locked is None or locked.lease_owner != run.lease_owner:
             raise LeaseLost(f"Run {run.pk}: deleted or taken over before its result was stored")
+        # A cancel request committed before this lock wins over the finished result.
+        if locked.cancel_requested:
+            raise RunCancelled(tiles_total, tiles_total)
         Instance.objects.filter(
             slide=slide, source=source, review_state=Instance.ReviewState.PENDING
         ).delete()

@@ -15,6 +15,11 @@ urlpatterns = [
     ),
     path("api/proposal-runs/<int:run_id>/", api.ProposalRunDetailView.as_view(), name="api-proposal-run"),
     path(
+        "api/proposal-runs/<int:run_id>/cancel/",
+        api.ProposalRunCancelView.as_view(),
+        name="api-proposal-run-cancel",
+    ),
+    path(
         "api/slides/<int:slide_id>/instances/",
         api.InstanceViewportView.as_view(),
         name="api-instances",

@@ -109,6 +109,8 @@ export const api = {
   segmentationModels: () => getJSON("/api/segmentation-models/"),
   startSegmentationRun: (slideId, modelVersionId) =>
     postJSON(`/api/slides/${slideId}/proposal-runs/`, { model_version: modelVersionId }),
+  // A queued run comes back cancelled; a running one with cancel_requested until its worker stops.
+  cancelProposalRun: (runId) => postJSON(`/api/proposal-runs/${runId}/cancel/`, {}),
   classes: () => getJSON("/api/classes/"),
   instance: (instanceId) => getJSON(`/api/instances/${instanceId}/`),
   // Pending instances of one slide, most uncertain first; `order` null means the server's default.

@@ -1,5 +1,5 @@
 // Proposal runs on the slide page: SAM proposals or a segmentation run of a trained model
-// version, live progress, per-stage counts.
+// version, live progress, per-stage counts, and a button that cancels a queued or running run.
 //
 // Progress arrives on the slide's websocket. That channel may drop messages, so the panel
 // also reloads the runs from the API every few seconds while a run is active and after
@@ -12,6 +12,8 @@ const RESYNC_INTERVAL_MS = 3000;
 // demo's in-process channel layer cannot carry the worker's progress to this page.
 const IDLE_RESYNC_INTERVAL_MS = 15000;
 const ACTIVE = new Set(["queued", "running"]);
+const CANCEL_LABEL = "Cancel run";
+const CANCELLING_LABEL = "Cancelling…";
 
 const COUNT_LABELS = {
   tiles_total: "tiles in the slide",
@@ -56,6 +58,7 @@ export class RunPanel {
     this.onRunFinished = onRunFinished;
     this.button = root.querySelector("#start-proposals");
     this.segmentButton = root.querySelector("#start-segmentation");
+    this.cancelButton = root.querySelector("#cancel-run");
     this.modelSelect = root.querySelector("#segment-model");
     this.progress = root.querySelector("#run-progress");
     this.status = root.querySelector("#run-status");
@@ -63,12 +66,16 @@ export class RunPanel {
     this.counts = root.querySelector("#run-counts");
     this.lastStatus = null;
     this.lastRunId = null; // null until the first look at the slide's runs
+    // The worker's progress messages carry the run as it loaded it, without a later cancel
+    // request, so the panel remembers the run it asked to stop.
+    this.cancelRequestedRunId = null;
     this.resyncTimer = null;
 
     this.active = false;
     this.hasModels = false;
 
     if (this.button) this.button.addEventListener("click", () => this.start());
+    if (this.cancelButton) this.cancelButton.addEventListener("click", () => this.cancel(this.lastRunId));
     if (this.segmentButton) {
       this.segmentButton.addEventListener("click", () => this.start(Number(this.modelSelect.value)));
       this.loadModels();
@@ -127,6 +134,23 @@ export class RunPanel {
     this.scheduleResync();
   }
 
+  // Cancel the shown run. A running run shows "Cancelling…" until its worker has stopped.
+  async cancel(runId) {
+    if (!runId) return;
+    this.cancelButton.disabled = true;
+    this.cancelButton.textContent = CANCELLING_LABEL;
+    try {
+      const run = await api.cancelProposalRun(runId);
+      this.cancelRequestedRunId = run.id;
+      this.show(run);
+    } catch (error) {
+      this.message.textContent = `Could not cancel run ${runId}: ${error.message}`;
+      this.resync();
+      return;
+    }
+    this.scheduleResync();
+  }
+
   scheduleResync(delayMs = RESYNC_INTERVAL_MS) {
     clearTimeout(this.resyncTimer);
     this.resyncTimer = setTimeout(() => this.resync(), delayMs);
@@ -163,7 +187,8 @@ export class RunPanel {
       : `SAM proposal run ${run.id}`;
     this.status.textContent = `${kind}: ${run.status}${tiles}`;
     this.status.dataset.secondsRemaining = run.seconds_remaining ?? "";
-    this.message.textContent = run.status === "failed" ? run.message : "";
+    this.message.textContent = run.status === "failed" || run.status === "cancelled" ? run.message : "";
+    this.showCancelButton(run);
     if (run.model_version_name && run.status === "succeeded" && run.counts
         && run.counts.masks_generated > 0 && run.counts.stored === 0) {
       this.message.textContent =
@@ -190,6 +215,14 @@ export class RunPanel {
     }
     this.lastStatus = run.status;
     this.lastRunId = run.id;
+  }
+
+  showCancelButton(run) {
+    if (!this.cancelButton) return;
+    const cancelling = ACTIVE.has(run.status) && (run.cancel_requested || run.id === this.cancelRequestedRunId);
+    this.cancelButton.hidden = !ACTIVE.has(run.status);
+    this.cancelButton.disabled = cancelling;
+    this.cancelButton.textContent = cancelling ? CANCELLING_LABEL : CANCEL_LABEL;
   }
 
   renderCounts(counts) {

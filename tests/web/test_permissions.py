@@ -35,6 +35,7 @@ ENDPOINTS = {
     "api-thumbnail": ("get", "/api/slides/{slide}/thumbnail.jpg", None, EVERYONE),
     "api-proposal-runs": ("post", "/api/slides/{slide}/proposal-runs/", {"settings": {"points_per_side": 0}}, EVERYONE),
     "api-proposal-run": ("get", "/api/proposal-runs/{run}/", None, EVERYONE),
+    "api-proposal-run-cancel": ("post", "/api/proposal-runs/{run}/cancel/", {}, EVERYONE),
     "api-segmentation-models": ("get", "/api/segmentation-models/", None, EVERYONE),
     "api-instances": ("get", "/api/slides/{slide}/instances/?bbox=0,0,10,10", None, EVERYONE),
     "api-export-geojson": ("get", "/api/slides/{slide}/export.geojson", None, PATHOLOGISTS),

@@ -359,3 +359,175 @@ def test_geojson_export_is_qupath_compatible(cmu_slide, client_for):
     unlabeled = [f for f in collection["features"] if "classification" not in f["properties"]]
     assert len(unlabeled) == 1
     assert unlabeled[0]["properties"]["measurements"]["SAM predicted IoU"] == pytest.approx(0.91)
+
+
+# ---------------------------------------------------------------------------- cancel
+
+
+def _pending_sam_proposals(slide) -> list[int]:
+    """Store two pending SAM proposals, as an earlier run would, and return their ids."""
+    rows = [
+        instance_row(box(x, 100, x + 40, 140), slide=slide, mpp=slide.mpp,
+                     source=Instance.Source.SAM, predicted_iou=0.9, stability_score=0.95)
+        for x in (100, 300)
+    ]
+    return [row.pk for row in Instance.objects.bulk_create(rows)]
+
+
+def _cancel_audit_rows():
+    from apps.accounts.models import AuditEvent
+
+    return list(AuditEvent.objects.filter(action="cancel").values(
+        "username", "target_type", "target_id", "slide_id", "detail"
+    ))
+
+
+def test_queued_run_cancelled_at_once(cmu_slide, make_user, client):
+    anna = make_user("annotator", username="anna")
+    client.force_login(anna)
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+
+    response = client.post(f"/api/proposal-runs/{run.pk}/cancel/")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["id"], body["status"], body["cancel_requested"]) == (run.pk, "cancelled", True)
+    assert body["message"] == "Cancelled by anna before it started."
+    row = ProposalRun.objects.get(pk=run.pk)
+    assert row.status == ProposalRun.Status.CANCELLED
+    assert row.cancel_requested is True
+    assert row.cancelled_by == anna
+    assert row.message == "Cancelled by anna before it started."
+    assert row.finished_at is not None
+    assert row.started_at is None
+    assert (row.tiles_done, row.tiles_total) == (0, 0)
+    assert _cancel_audit_rows() == [{
+        "username": "anna", "target_type": "proposal_run", "target_id": run.pk,
+        "slide_id": cmu_slide.pk, "detail": {"status": "cancelled"},
+    }]
+
+
+def test_task_of_cancelled_run_does_nothing(cmu_slide, fast_proposals):
+    previous = _pending_sam_proposals(cmu_slide)
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    services.cancel_run(run, user=None)
+    before = ProposalRun.objects.filter(pk=run.pk).values().get()
+
+    again = services.execute_proposal_run(run.pk, owner="late-delivery")
+
+    assert again.status == ProposalRun.Status.CANCELLED
+    assert again.message == "Cancelled before it started."
+    assert ProposalRun.objects.filter(pk=run.pk).values().get() == before
+    assert sorted(Instance.objects.values_list("id", flat=True)) == previous
+
+
+def test_running_run_stops_at_next_tile(cmu_slide, fast_proposals, make_user, monkeypatch):
+    anna = make_user("annotator", username="anna")
+    previous = _pending_sam_proposals(cmu_slide)
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    original_record = RunJournal.record_tile
+    recorded = []
+
+    def record_then_cancel(journal, tile_index, payload):
+        original_record(journal, tile_index, payload)
+        recorded.append(tile_index)
+        if len(recorded) == 1:
+            services.cancel_run(ProposalRun.objects.get(pk=journal.run_id), user=anna)
+
+    monkeypatch.setattr(RunJournal, "record_tile", record_then_cancel)
+    stopped = services.execute_proposal_run(run.pk, owner="worker-a")
+
+    assert len(recorded) == 1
+    assert stopped.status == ProposalRun.Status.CANCELLED
+    assert stopped.message == "Cancelled by anna after 1 of 4 tiles."
+    assert (stopped.tiles_done, stopped.tiles_total) == (1, 4)
+    assert stopped.finished_at is not None
+    assert stopped.counts == {}
+    assert (stopped.lease_owner, stopped.lease_expires_at) == ("", None)
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+    assert Instance.objects.filter(proposal_run=run).count() == 0
+    pending = Instance.objects.filter(slide=cmu_slide, review_state="pending")
+    assert sorted(pending.values_list("id", flat=True)) == previous
+    assert [row["detail"] for row in _cancel_audit_rows()] == [{"status": "running"}]
+
+
+def test_cancel_before_store_wins(cmu_slide, fast_proposals, monkeypatch):
+    import ml.proposals
+
+    previous = _pending_sam_proposals(cmu_slide)
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    original_merge = ml.proposals.merge_instances
+
+    # After the last tile, before the result is stored: no progress report follows.
+    def cancel_then_merge(instances):
+        services.cancel_run(ProposalRun.objects.get(pk=run.pk), user=None)
+        return original_merge(instances)
+
+    monkeypatch.setattr(ml.proposals, "merge_instances", cancel_then_merge)
+    stopped = services.execute_proposal_run(run.pk, owner="worker-a")
+
+    assert stopped.status == ProposalRun.Status.CANCELLED
+    assert stopped.message == "Cancelled after 4 of 4 tiles."
+    assert stopped.counts == {}
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+    assert sorted(Instance.objects.values_list("id", flat=True)) == previous
+
+
+def test_cancel_of_run_whose_worker_died(cmu_slide):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    ProposalRunTile.objects.create(run=run, tile_index=0, payload={"instances": [], "counts": {}})
+    ProposalRun.objects.filter(pk=run.pk).update(
+        status=ProposalRun.Status.RUNNING, started_at=timezone.now(), tiles_done=2,
+        tiles_total=5, lease_owner="dead-worker",
+        lease_expires_at=timezone.now() - timedelta(seconds=1),
+    )
+
+    cancelled = services.cancel_run(run, user=None)
+
+    row = ProposalRun.objects.get(pk=run.pk)
+    assert cancelled.status == row.status == ProposalRun.Status.CANCELLED
+    assert row.message == "Cancelled after 2 of 5 tiles."
+    assert row.finished_at is not None
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+
+
+def test_taken_over_run_with_cancel_request_stops(cmu_slide, fast_proposals):
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    ProposalRunTile.objects.create(run=run, tile_index=0, payload={"instances": [], "counts": {}})
+    # The request reached a running worker that died before its next tile.
+    ProposalRun.objects.filter(pk=run.pk).update(
+        status=ProposalRun.Status.RUNNING, cancel_requested=True, tiles_done=1, tiles_total=4,
+    )
+
+    stopped = services.execute_proposal_run(run.pk, owner="worker-b")
+
+    assert stopped.status == ProposalRun.Status.CANCELLED
+    assert stopped.message == "Cancelled after 1 of 4 tiles."
+    assert stopped.lease_owner == ""
+    assert ProposalRunTile.objects.filter(run=run).count() == 0
+    assert Instance.objects.count() == 0
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_cancel_of_finished_run_is_409(cmu_slide, client_for, status):
+    run = ProposalRun.objects.create(
+        slide=cmu_slide, sam_type="vit_b", status=status, finished_at=timezone.now(),
+        message="as it was",
+    )
+    before = ProposalRun.objects.filter(pk=run.pk).values().get()
+
+    response = client_for("annotator").post(f"/api/proposal-runs/{run.pk}/cancel/")
+
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"Proposal run {run.pk} has already finished ({status}). "
+        "Only queued or running runs can be cancelled."
+    )
+    assert ProposalRun.objects.filter(pk=run.pk).values().get() == before
+    assert _cancel_audit_rows() == []
+
+
+def test_cancel_of_missing_run_is_404(client_for):
+    response = client_for("annotator").post("/api/proposal-runs/999999/cancel/")
+
+    assert response.status_code == 404

@@ -236,3 +236,33 @@ def test_cortex_annotation_does_not_block_proposals_inside_it(cmu_slide, version
 
     assert run.counts["dropped_overlaps_reviewed"] == 0
     assert run.counts["stored"] == run.counts["kept"] > 0
+
+
+def test_cancel_after_predictions_file_stores_nothing(
+    cmu_slide, version, fast_segmentation, monkeypatch
+):
+    from apps.annotations import services
+
+    first = run_to_end(cmu_slide, version)
+    previous = sorted(Instance.objects.filter(proposal_run=first).values_list("id", flat=True))
+    run = segmentation.start_segmentation_run(cmu_slide, version, enqueue=False)
+    original_write = segmentation.write_run_predictions
+    written = []
+
+    # The request arrives after the predictions file is written and before the store.
+    def write_then_cancel(run_row, predictions):
+        written.append(original_write(run_row, predictions))
+        services.cancel_run(ProposalRun.objects.get(pk=run.pk), user=None)
+        return written[-1]
+
+    monkeypatch.setattr(segmentation, "write_run_predictions", write_then_cancel)
+    stopped = segmentation.execute_segmentation_run(run.pk, owner="test-worker")
+
+    assert stopped.status == ProposalRun.Status.CANCELLED
+    assert stopped.message == f"Cancelled after {stopped.tiles_total} of {stopped.tiles_total} tiles."
+    assert stopped.predictions_file == ""
+    assert len(written) == 1
+    assert not Path(written[0]).exists()
+    assert Instance.objects.filter(proposal_run=run).count() == 0
+    pending = Instance.objects.filter(slide=cmu_slide, review_state="pending")
+    assert sorted(pending.values_list("id", flat=True)) == previous

@@ -76,6 +76,29 @@ def test_worker_runs_proposals_and_streams_progress(shared_data, redis_url, tiny
     assert Instance.objects.filter(proposal_run=run).count() == run.counts["stored"] > 0
 
 
+def test_worker_skips_task_of_cancelled_run(shared_data, redis_url, tiny_checkpoint, tmp_path):
+    call_command("import_slides", str(shared_data / "wsi" / "cmu-1-small-region.svs"))
+    run = services.start_proposal_run(Slide.objects.get())  # its task waits on Redis
+    services.cancel_run(run, user=None)
+    before = ProposalRun.objects.filter(pk=run.pk).values().get()
+    env = child_environment(
+        tmp_path, REDIS_URL=redis_url, NEPHROWEB_SAM_CHECKPOINT=str(tiny_checkpoint)
+    )
+    log_path = tmp_path / "worker.log"
+    skipped = f"Run {run.pk} is already cancelled, so there is nothing to do"
+
+    with celery_worker(env, log_path):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and skipped not in log_path.read_text():
+            time.sleep(0.5)
+
+    log = log_path.read_text()
+    assert skipped in log, log[-3000:]
+    assert "again at worker start" not in log
+    assert ProposalRun.objects.filter(pk=run.pk).values().get() == before
+    assert Instance.objects.count() == 0
+
+
 def test_renewing_lease_extends_expiry(settings, shared_data):
     from nephroweb.leases import acquire_lease, renewing_lease
 

@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 EPOCHS = 30
 FINISHED = {ModelVersion.Status.SUCCEEDED, ModelVersion.Status.FAILED, ModelVersion.Status.CANCELLED}
-RUN_FINISHED = {ProposalRun.Status.SUCCEEDED, ProposalRun.Status.FAILED}
+RUN_FINISHED = {
+    ProposalRun.Status.SUCCEEDED, ProposalRun.Status.FAILED, ProposalRun.Status.CANCELLED
+}
 # Short enough for a test; a deployment keeps the defaults (docs/configuration.md).
 VISIBILITY_TIMEOUT_S = "4"
 LEASE_S = "6"

@@ -51,7 +51,8 @@ class Command(BaseCommand):
             run.pk, owner=f"manage.py propose:{os.getpid()}", checkpoint_path=options["checkpoint"]
         )
         if run.status != ProposalRun.Status.SUCCEEDED:
-            raise CommandError(f"Proposal run {run.pk} failed: {run.message}", returncode=1)
+            # A run cancelled through the API while this command ran ends here too.
+            raise CommandError(f"Proposal run {run.pk} {run.status}: {run.message}", returncode=1)
         self.stdout.write(f"proposal run {run.pk} on slide {slide.pk}: {run.tiles_total} tiles")
         for key, value in run.counts.items():
             self.stdout.write(f"  {key}: {value}")

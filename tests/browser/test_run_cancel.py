@@ -1,0 +1,88 @@
+"""An annotator cancels a queued and a running proposal run from the slide page's run panel.
+
+The runs are rows whose leases belong to a worker elsewhere, so the live worker's
+start-up recovery only schedules a retry for when those leases expire. The running run
+therefore stays "running" with its cancel request until the test stops it as its worker
+would.
+"""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.annotations.models import ProposalRun
+from tests.conftest import create_slide_record
+
+from .conftest import PASSWORD, in_thread, sign_in
+
+pytestmark = pytest.mark.browser
+
+
+def _slide_with_run(make_user, shared_data, status):
+    """Create the annotator anna and a slide with one run in ``status``, leased elsewhere."""
+    make_user("annotator", username="anna", password=PASSWORD)
+    slide = create_slide_record(
+        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
+        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
+    )
+    return ProposalRun.objects.create(
+        slide=slide, status=status, sam_type="vit_b", tiles_done=1, tiles_total=4,
+        started_at=timezone.now() if status == ProposalRun.Status.RUNNING else None,
+        lease_owner="worker-elsewhere", lease_expires_at=timezone.now() + timedelta(hours=1),
+    )
+
+
+def _open_run_panel(page, url, run):
+    sign_in(page, url, "anna")
+    page.goto(f"{url}/slides/{run.slide_id}/")
+    page.wait_for_function(
+        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
+    )
+
+
+def test_cancel_queued_run(live_product, browser_page, make_user, shared_data):
+    run = in_thread(_slide_with_run, make_user, shared_data, ProposalRun.Status.QUEUED)
+    page = browser_page
+    _open_run_panel(page, live_product, run)
+    assert page.is_visible("#cancel-run")
+    assert page.inner_text("#cancel-run") == "Cancel run"
+    assert page.inner_text("#run-status").startswith(f"SAM proposal run {run.pk}: queued")
+
+    page.click("#cancel-run")
+    page.wait_for_function("document.querySelector('#run-panel').dataset.runStatus === 'cancelled'")
+
+    assert page.inner_text("#run-status").startswith(f"SAM proposal run {run.pk}: cancelled")
+    assert page.inner_text("#run-message") == "Cancelled by anna before it started."
+    assert page.is_hidden("#cancel-run")
+    row = in_thread(ProposalRun.objects.get, pk=run.pk)
+    assert (row.status, row.cancel_requested, row.message) == (
+        "cancelled", True, "Cancelled by anna before it started."
+    )
+
+
+def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_user, shared_data):
+    run = in_thread(_slide_with_run, make_user, shared_data, ProposalRun.Status.RUNNING)
+    page = browser_page
+    _open_run_panel(page, live_product, run)
+
+    with page.expect_response(f"**/api/proposal-runs/{run.pk}/cancel/") as cancel:
+        page.click("#cancel-run")
+    assert cancel.value.status == 200
+    page.wait_for_function("document.querySelector('#cancel-run').textContent === 'Cancelling…'")
+
+    assert page.is_disabled("#cancel-run")
+    row = in_thread(ProposalRun.objects.get, pk=run.pk)
+    assert (row.status, row.cancel_requested) == ("running", True)
+
+    # The worker reaches its next tile and stops, as services.execute_run does.
+    in_thread(
+        lambda: ProposalRun.objects.filter(pk=run.pk).update(
+            status=ProposalRun.Status.CANCELLED, finished_at=timezone.now(),
+            message="Cancelled by anna after 2 of 4 tiles.", tiles_done=2,
+        )
+    )
+    page.wait_for_function("document.querySelector('#run-panel').dataset.runStatus === 'cancelled'")
+
+    assert page.inner_text("#run-message") == "Cancelled by anna after 2 of 4 tiles."
+    assert page.is_hidden("#cancel-run")
