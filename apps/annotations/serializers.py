@@ -1,8 +1,10 @@
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from nephroweb.time_remaining import estimate_seconds_remaining
 
 from .models import ProposalRun
+from .run_queue import work_ahead
 
 
 class ProposalRunSerializer(serializers.ModelSerializer):
@@ -12,6 +14,7 @@ class ProposalRunSerializer(serializers.ModelSerializer):
         source="model_version.name", default=None, read_only=True, allow_null=True
     )
     seconds_remaining = serializers.SerializerMethodField()
+    work_ahead = serializers.SerializerMethodField()
 
     class Meta:
         model = ProposalRun
@@ -19,6 +22,7 @@ class ProposalRunSerializer(serializers.ModelSerializer):
             "id", "slide", "status", "sam_type", "model_version", "model_version_name",
             "checkpoint_sha256", "settings", "counts", "tiles_done", "tiles_total", "message",
             "cancel_requested", "created_at", "started_at", "finished_at", "seconds_remaining",
+            "work_ahead",
         ]
         read_only_fields = fields
 
@@ -27,6 +31,11 @@ class ProposalRunSerializer(serializers.ModelSerializer):
         if run.status != ProposalRun.Status.RUNNING:
             return None
         return estimate_seconds_remaining(run.started_at, run.tiles_done, run.tiles_total)
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_work_ahead(self, run) -> list[str]:
+        """Return the gpu-queue tasks that a queued run waits for, oldest first; else empty."""
+        return work_ahead(run)
 
 
 class ProposalRunRequestSerializer(serializers.Serializer):

@@ -51,6 +51,16 @@ export function noProposalsMessage(counts) {
     "The counts below list every filter.";
 }
 
+// Describe what a queued run waits for, from the API's work_ahead (gpu-queue tasks, oldest first).
+export function queueMessage(workAhead) {
+  if (workAhead.length === 0) {
+    return "Waiting for a worker. Nothing is ahead of this run, so it should start within " +
+      "seconds. If it stays queued, ask an administrator to check that a worker serves the " +
+      "gpu queue.";
+  }
+  return `Waiting for a worker, which first finishes: ${workAhead.join("; ")}.`;
+}
+
 export class RunPanel {
   constructor(root, slideId, events, { onRunFinished }) {
     this.root = root;
@@ -62,6 +72,7 @@ export class RunPanel {
     this.modelSelect = root.querySelector("#segment-model");
     this.progress = root.querySelector("#run-progress");
     this.status = root.querySelector("#run-status");
+    this.queue = root.querySelector("#run-queue");
     this.message = root.querySelector("#run-message");
     this.counts = root.querySelector("#run-counts");
     this.lastStatus = null;
@@ -187,6 +198,7 @@ export class RunPanel {
       : `SAM proposal run ${run.id}`;
     this.status.textContent = `${kind}: ${run.status}${tiles}`;
     this.status.dataset.secondsRemaining = run.seconds_remaining ?? "";
+    this.queue.textContent = run.status === "queued" ? queueMessage(run.work_ahead || []) : "";
     this.message.textContent = run.status === "failed" || run.status === "cancelled" ? run.message : "";
     this.showCancelButton(run);
     if (run.model_version_name && run.status === "succeeded" && run.counts

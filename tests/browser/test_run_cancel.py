@@ -48,12 +48,18 @@ def test_cancel_queued_run(live_product, browser_page, make_user, shared_data):
     assert page.is_visible("#cancel-run")
     assert page.inner_text("#cancel-run") == "Cancel run"
     assert page.inner_text("#run-status").startswith(f"SAM proposal run {run.pk}: queued")
+    assert page.inner_text("#run-queue") == (
+        "Waiting for a worker. Nothing is ahead of this run, so it should start within "
+        "seconds. If it stays queued, ask an administrator to check that a worker serves the "
+        "gpu queue."
+    )
 
     page.click("#cancel-run")
     page.wait_for_function("document.querySelector('#run-panel').dataset.runStatus === 'cancelled'")
 
     assert page.inner_text("#run-status").startswith(f"SAM proposal run {run.pk}: cancelled")
     assert page.inner_text("#run-message") == "Cancelled by anna before it started."
+    assert page.inner_text("#run-queue") == ""
     assert page.is_hidden("#cancel-run")
     row = in_thread(ProposalRun.objects.get, pk=run.pk)
     assert (row.status, row.cancel_requested, row.message) == (
