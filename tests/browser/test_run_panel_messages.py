@@ -1,4 +1,4 @@
-"""The run panel shows what a queued run waits for."""
+"""The run panel explains a queued run and a SAM run that stored no proposal."""
 
 from datetime import timedelta
 
@@ -49,3 +49,38 @@ def test_queued_run_names_the_work_ahead(live_product, browser_page, make_user, 
         'Waiting for a worker, which first finishes: training of model version "demo-model" '
         "(running, epoch 2 of 30)."
     )
+
+
+def _run_without_proposals(make_user, shared_data):
+    """A succeeded SAM run whose masks the filters all dropped, most for their area."""
+    make_user("annotator", username="anna", password=PASSWORD)
+    slide = create_slide_record(
+        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
+        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
+    )
+    return ProposalRun.objects.create(
+        slide=slide, status=ProposalRun.Status.SUCCEEDED, sam_type="vit_b",
+        tiles_done=6, tiles_total=6, finished_at=timezone.now(),
+        counts={
+            "masks_generated": 9, "dropped_too_large": 6, "dropped_low_predicted_iou": 2,
+            "dropped_too_small": 1, "kept": 0, "stored": 0,
+        },
+    )
+
+
+def test_run_without_proposals_names_top_filter(
+    live_product, browser_page, make_user, shared_data
+):
+    run = in_thread(_run_without_proposals, make_user, shared_data)
+    page = browser_page
+    sign_in(page, live_product, "anna")
+    page.goto(f"{live_product}/slides/{run.slide_id}/")
+    page.wait_for_function(
+        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
+    )
+
+    assert page.inner_text("#run-message") == (
+        'SAM made 9 masks, but no proposal was stored. The filter that dropped the most: '
+        '"larger than the area limit" (6 of 9 masks). The counts below list every filter.'
+    )
+    assert page.inner_text("#run-queue") == ""
