@@ -2,8 +2,8 @@
 driven through Debian's Chromium by Playwright."""
 
 import json
-import re
 import os
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +31,25 @@ def sign_in(page, url, username, password=PASSWORD):
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(r".*/$"))
+
+
+def cmu_slide_record(shared_data):
+    """Create the Slide row of the real cmu-1-small-region.svs, without importing it."""
+    from tests.conftest import create_slide_record
+
+    return create_slide_record(
+        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
+        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
+    )
+
+
+def open_run_panel(page, url, run, username):
+    """Sign in as ``username``, open the run's slide and wait until its run panel shows it."""
+    sign_in(page, url, username)
+    page.goto(f"{url}/slides/{run.slide_id}/")
+    page.wait_for_function(
+        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
+    )
 
 
 def in_thread(function, *args, **kwargs):

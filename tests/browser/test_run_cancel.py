@@ -12,9 +12,8 @@ import pytest
 from django.utils import timezone
 
 from apps.annotations.models import ProposalRun
-from tests.conftest import create_slide_record
 
-from .conftest import PASSWORD, in_thread, sign_in
+from .conftest import PASSWORD, cmu_slide_record, in_thread, open_run_panel
 
 pytestmark = pytest.mark.browser
 
@@ -22,10 +21,7 @@ pytestmark = pytest.mark.browser
 def _slide_with_run(make_user, shared_data, status):
     """Create the annotator anna and a slide with one run in ``status``, leased elsewhere."""
     make_user("annotator", username="anna", password=PASSWORD)
-    slide = create_slide_record(
-        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
-        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
-    )
+    slide = cmu_slide_record(shared_data)
     return ProposalRun.objects.create(
         slide=slide, status=status, sam_type="vit_b", tiles_done=1, tiles_total=4,
         started_at=timezone.now() if status == ProposalRun.Status.RUNNING else None,
@@ -33,18 +29,10 @@ def _slide_with_run(make_user, shared_data, status):
     )
 
 
-def _open_run_panel(page, url, run):
-    sign_in(page, url, "anna")
-    page.goto(f"{url}/slides/{run.slide_id}/")
-    page.wait_for_function(
-        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
-    )
-
-
 def test_cancel_queued_run(live_product, browser_page, make_user, shared_data):
     run = in_thread(_slide_with_run, make_user, shared_data, ProposalRun.Status.QUEUED)
     page = browser_page
-    _open_run_panel(page, live_product, run)
+    open_run_panel(page, live_product, run, "anna")
     assert page.is_visible("#cancel-run")
     assert page.inner_text("#cancel-run") == "Cancel run"
     assert page.inner_text("#run-status").startswith(f"SAM proposal run {run.pk}: queued")
@@ -70,7 +58,7 @@ def test_cancel_queued_run(live_product, browser_page, make_user, shared_data):
 def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_user, shared_data):
     run = in_thread(_slide_with_run, make_user, shared_data, ProposalRun.Status.RUNNING)
     page = browser_page
-    _open_run_panel(page, live_product, run)
+    open_run_panel(page, live_product, run, "anna")
 
     with page.expect_response(f"**/api/proposal-runs/{run.pk}/cancel/") as cancel:
         page.click("#cancel-run")

@@ -7,9 +7,8 @@ from django.utils import timezone
 
 from apps.annotations.models import ProposalRun
 from apps.training.models import ModelVersion, TrainingSnapshot
-from tests.conftest import create_slide_record
 
-from .conftest import PASSWORD, in_thread, sign_in
+from .conftest import PASSWORD, cmu_slide_record, in_thread, open_run_panel
 
 pytestmark = pytest.mark.browser
 
@@ -25,10 +24,7 @@ def _queued_behind_training(make_user, shared_data):
         metrics=[{"epoch": 1}, {"epoch": 2}], lease_owner="worker-elsewhere",
         lease_expires_at=soon,
     )
-    slide = create_slide_record(
-        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
-        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
-    )
+    slide = cmu_slide_record(shared_data)
     return ProposalRun.objects.create(
         slide=slide, status=ProposalRun.Status.QUEUED, sam_type="vit_b",
         lease_owner="worker-elsewhere", lease_expires_at=soon,
@@ -38,11 +34,7 @@ def _queued_behind_training(make_user, shared_data):
 def test_queued_run_names_the_work_ahead(live_product, browser_page, make_user, shared_data):
     run = in_thread(_queued_behind_training, make_user, shared_data)
     page = browser_page
-    sign_in(page, live_product, "anna")
-    page.goto(f"{live_product}/slides/{run.slide_id}/")
-    page.wait_for_function(
-        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
-    )
+    open_run_panel(page, live_product, run, "anna")
 
     assert page.inner_text("#run-status") == f"SAM proposal run {run.pk}: queued"
     assert page.inner_text("#run-queue") == (
@@ -54,10 +46,7 @@ def test_queued_run_names_the_work_ahead(live_product, browser_page, make_user, 
 def _run_without_proposals(make_user, shared_data):
     """A succeeded SAM run whose masks the filters all dropped, most for their area."""
     make_user("annotator", username="anna", password=PASSWORD)
-    slide = create_slide_record(
-        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
-        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
-    )
+    slide = cmu_slide_record(shared_data)
     return ProposalRun.objects.create(
         slide=slide, status=ProposalRun.Status.SUCCEEDED, sam_type="vit_b",
         tiles_done=6, tiles_total=6, finished_at=timezone.now(),
@@ -73,11 +62,7 @@ def test_run_without_proposals_names_top_filter(
 ):
     run = in_thread(_run_without_proposals, make_user, shared_data)
     page = browser_page
-    sign_in(page, live_product, "anna")
-    page.goto(f"{live_product}/slides/{run.slide_id}/")
-    page.wait_for_function(
-        f"document.querySelector('#run-status').textContent.startsWith('SAM proposal run {run.pk}')"
-    )
+    open_run_panel(page, live_product, run, "anna")
 
     assert page.inner_text("#run-message") == (
         'SAM made 9 masks, but no proposal was stored. The filter that dropped the most: '

@@ -13,9 +13,8 @@ from django.utils import timezone
 
 from apps.annotations.models import ProposalRun
 from apps.training.models import ModelVersion, TrainingSnapshot
-from tests.conftest import create_slide_record
 
-from .conftest import PASSWORD, in_thread, sign_in
+from .conftest import PASSWORD, cmu_slide_record, in_thread, sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -29,10 +28,7 @@ ELAPSED = timedelta(seconds=18_000)
 def _running_work(make_user, shared_data):
     """Create an admin, a slide with a running proposal run, and a running model version."""
     make_user("admin", username="ada", password=PASSWORD)
-    slide = create_slide_record(
-        name="cmu-1-small-region", width_px=2220, height_px=2967, mpp=0.499,
-        file_path=str(shared_data / "wsi" / "cmu-1-small-region.svs"),
-    )
+    slide = cmu_slide_record(shared_data)
     started_at = timezone.now() - ELAPSED
     lease = {
         "lease_owner": "worker-elsewhere",
