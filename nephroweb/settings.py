@@ -276,7 +276,7 @@ else:
 # one user name, or MAX_FAILURES_PER_IP from one client address, within WINDOW_S seconds
 # lock that name or address out for LOCK_S seconds. The counters live in the "signin"
 # cache: Redis when REDIS_URL is set, so that every web process shares them, otherwise
-# the memory of the demo's one web process.
+# files under DATA_DIR, which the demo's web process and manage.py unlock_signin share.
 NEPHROWEB_SIGNIN_MAX_FAILURES = env_number("NEPHROWEB_SIGNIN_MAX_FAILURES", 5, int)
 NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP = env_number("NEPHROWEB_SIGNIN_MAX_FAILURES_PER_IP", 20, int)
 NEPHROWEB_SIGNIN_WINDOW_S = env_number("NEPHROWEB_SIGNIN_WINDOW_S", 900, int)
@@ -296,7 +296,12 @@ CACHES = {
             "KEY_PREFIX": "nephroweb-signin",
         }
         if REDIS_URL
-        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "signin"}
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "signin-cache"),
+            # Limitation: incr rewrites the key with this timeout, so a failure restarts the window.
+            "TIMEOUT": NEPHROWEB_SIGNIN_WINDOW_S,
+        }
     ),
 }
 

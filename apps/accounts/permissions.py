@@ -40,7 +40,8 @@ def roles_with(perms) -> list[str]:
 
 def refusal_message(perms) -> str:
     """Say which right a request needs and which roles have it."""
-    needed = ", ".join(PERMISSION_WORDS.get(p, p) for p in perms)
+    words = [PERMISSION_WORDS.get(p, p) for p in perms]
+    needed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
     roles = roles_with(perms)
     holders = f"the {' or '.join(roles)} role" if roles else "superusers only"
     return (

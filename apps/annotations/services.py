@@ -118,8 +118,10 @@ def cancel_run(run: ProposalRun, *, user) -> ProposalRun:
                 f"{run_label(run)} has already finished ({run.status}). "
                 "Only queued or running runs can be cancelled."
             )
-        run.cancel_requested = True
-        run.cancelled_by = user if user is not None and user.is_authenticated else None
+        # A second request while the worker stops keeps the first one's user in the message.
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            run.cancelled_by = user if user is not None and user.is_authenticated else None
         fields = ["cancel_requested", "cancelled_by"]
         lease_lapsed = run.lease_expires_at is None or run.lease_expires_at < timezone.now()
         if run.status == ProposalRun.Status.QUEUED:

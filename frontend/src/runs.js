@@ -189,7 +189,9 @@ export class RunPanel {
     this.updateButtons();
     this.progress.max = Math.max(run.tiles_total, 1);
     this.progress.value = run.tiles_done;
-    const left = run.status === "running" ? timeRemainingText(run.seconds_remaining) : "";
+    // A run that is stopping for a cancel request has no time left to estimate.
+    const stopping = run.cancel_requested || run.id === this.cancelRequestedRunId;
+    const left = run.status === "running" && !stopping ? timeRemainingText(run.seconds_remaining) : "";
     const tiles = run.tiles_total
       ? ` (${run.tiles_done} / ${run.tiles_total} tiles with tissue${left ? `, ${left}` : ""})`
       : "";
@@ -200,6 +202,8 @@ export class RunPanel {
     this.status.dataset.secondsRemaining = run.seconds_remaining ?? "";
     this.queue.textContent = run.status === "queued" ? queueMessage(run.work_ahead || []) : "";
     this.message.textContent = run.status === "failed" || run.status === "cancelled" ? run.message : "";
+    // A cancel is the user's choice, not an error, so its message is not shown in red.
+    this.message.classList.toggle("neutral", run.status === "cancelled");
     this.showCancelButton(run);
     if (run.model_version_name && run.status === "succeeded" && run.counts
         && run.counts.masks_generated > 0 && run.counts.stored === 0) {

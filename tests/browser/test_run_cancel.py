@@ -59,6 +59,7 @@ def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_us
     run = in_thread(_slide_with_run, make_user, shared_data, ProposalRun.Status.RUNNING)
     page = browser_page
     open_run_panel(page, live_product, run, "anna")
+    assert page.inner_text("#run-status").endswith(" left)")
 
     with page.expect_response(f"**/api/proposal-runs/{run.pk}/cancel/") as cancel:
         page.click("#cancel-run")
@@ -66,6 +67,10 @@ def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_us
     page.wait_for_function("document.querySelector('#cancel-run').textContent === 'Cancelling…'")
 
     assert page.is_disabled("#cancel-run")
+    # No time-left estimate while the run stops.
+    assert page.inner_text("#run-status") == (
+        f"SAM proposal run {run.pk}: running (1 / 4 tiles with tissue)"
+    )
     row = in_thread(ProposalRun.objects.get, pk=run.pk)
     assert (row.status, row.cancel_requested) == ("running", True)
 
@@ -79,4 +84,8 @@ def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_us
     page.wait_for_function("document.querySelector('#run-panel').dataset.runStatus === 'cancelled'")
 
     assert page.inner_text("#run-message") == "Cancelled by anna after 2 of 4 tiles."
+    # The ink colour of the page, not the red of a failure.
+    assert page.eval_on_selector("#run-message", "e => getComputedStyle(e).color") == (
+        "rgb(29, 36, 48)"
+    )
     assert page.is_hidden("#cancel-run")

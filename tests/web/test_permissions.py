@@ -158,3 +158,22 @@ def test_refused_page_names_the_roles_that_may(client, make_user):
         "it needs the right to view model evaluations, which the pathologist or admin role has"
         in response.content.decode()
     )
+
+
+def test_refusal_joins_two_rights_with_and(client, make_user):
+    client.force_login(make_user(None, username="nobody"))
+    slide = Slide.objects.create(
+        name="s", original_filename="s.tiff", width_px=10, height_px=10, mpp=0.5,
+        file_path="/nonexistent/s.tiff", bounds_w_level0=10, bounds_h_level0=10,
+    )
+
+    response = client.post(
+        f"/api/slides/{slide.pk}/proposal-runs/", {}, content_type="application/json"
+    )
+
+    assert response.status_code == 403
+    assert response.json()["detail"] == (
+        "Your role does not allow this: it needs the right to view slides and run SAM "
+        "proposals, which the annotator or pathologist or admin role has. Ask an admin to give "
+        "you that role."
+    )

@@ -377,7 +377,7 @@ def _pending_sam_proposals(slide) -> list[int]:
 def _cancel_audit_rows():
     from apps.accounts.models import AuditEvent
 
-    return list(AuditEvent.objects.filter(action="cancel").values(
+    return list(AuditEvent.objects.filter(action="cancel").order_by("id").values(
         "username", "target_type", "target_id", "slide_id", "detail"
     ))
 
@@ -506,6 +506,23 @@ def test_taken_over_run_with_cancel_request_stops(cmu_slide, fast_proposals):
     assert stopped.lease_owner == ""
     assert ProposalRunTile.objects.filter(run=run).count() == 0
     assert Instance.objects.count() == 0
+
+
+def test_second_cancel_keeps_first_user(cmu_slide, make_user):
+    anna, ben = make_user("annotator", username="anna"), make_user("pathologist", username="ben")
+    run = services.start_proposal_run(cmu_slide, enqueue=False)
+    ProposalRun.objects.filter(pk=run.pk).update(
+        status=ProposalRun.Status.RUNNING, started_at=timezone.now(), tiles_done=1,
+        tiles_total=4, lease_owner="worker-a",
+        lease_expires_at=timezone.now() + timedelta(minutes=5),
+    )
+
+    services.cancel_run(run, user=anna)
+    services.cancel_run(run, user=ben)
+
+    row = ProposalRun.objects.get(pk=run.pk)
+    assert (row.status, row.cancel_requested, row.cancelled_by) == ("running", True, anna)
+    assert [row["username"] for row in _cancel_audit_rows()] == ["anna", "ben"]
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])

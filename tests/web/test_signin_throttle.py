@@ -386,21 +386,57 @@ def test_counters_are_shared_in_redis(client, redis_url, settings):
     assert 0 < other_process.ttl(lock_keys[0]) <= 900
 
 
-def test_demo_cache_in_memory_locks(client, make_user, settings):
-    """Without REDIS_URL (the demo) the counters live in the web process's memory."""
+def _file_cache(settings, location, window_s=900):
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "signin": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "t"},
+        "signin": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(location), "TIMEOUT": window_s,
+        },
     }
+
+
+def test_demo_cache_in_files_locks(client, make_user, settings, tmp_path):
+    """Without REDIS_URL (the demo) the counters live in files that every process reads."""
+    from django.core.cache.backends.filebased import FileBasedCache
+
+    _file_cache(settings, tmp_path / "signin-cache")
     settings.NEPHROWEB_SIGNIN_MAX_FAILURES = 2
-    make_user("annotator", username="bob")
+    bob = make_user("annotator", username="bob")
 
     failures = [_sign_in(client, "bob", f"wrong {n}") for n in range(2)]
     right = _sign_in(client, "bob", PASSWORD)
+    # A cache object of its own, as manage.py unlock_signin has in its own process.
+    other_process = FileBasedCache(str(tmp_path / "signin-cache"), {})
 
-    assert caches["signin"].__class__.__name__ == "LocMemCache"
+    assert caches["signin"].__class__.__name__ == "FileBasedCache"
     assert [response.status_code for response in failures] == [200, 429]
     assert right.status_code == 429
+    assert other_process.has_key(signin_throttle._key("lock", signin_throttle.USER, "bob"))
+
+    call_command("unlock_signin", "bob")
+    after = _sign_in(client, "bob", PASSWORD)
+
+    assert after.status_code == 302
+    assert _signed_in_user_id(client) == str(bob.pk)
+
+
+def test_demo_cache_failure_restarts_window(client, make_user, settings, tmp_path):
+    """Limitation of the demo's file cache: each failure restarts the counting window.
+
+    With Redis the third failure, 2.4 s after the first, falls in a new 2 s window.
+    """
+    _file_cache(settings, tmp_path / "signin-cache", window_s=2)
+    settings.NEPHROWEB_SIGNIN_MAX_FAILURES = 3
+    settings.NEPHROWEB_SIGNIN_WINDOW_S = 2
+    make_user("annotator", username="bob")
+
+    statuses = []
+    for n in range(3):
+        statuses.append(_sign_in(client, "bob", f"wrong {n}").status_code)
+        time.sleep(1.2 if n < 2 else 0)
+
+    assert statuses == [200, 200, 429]
 
 
 # ---------------------------------------------------------------------------- settings
@@ -492,9 +528,9 @@ def test_store_down_admin_action_says_nothing_unlocked(
     )
 
     assert response.status_code == 200
-    shown = [str(message) for message in response.context["messages"]]
-    assert len(shown) == 1
-    assert shown[0].startswith(
+    messages = [str(message) for message in response.context["messages"]]
+    assert len(messages) == 1
+    assert messages[0].startswith(
         "Nothing was unlocked: the sign-in store (Redis at REDIS_URL) is unreachable: "
     )
     assert _rows(start) == []
