@@ -3,7 +3,7 @@
 A proposal or segmentation run commits each finished tile's outlines to PostgreSQL before
 it goes on (apps/annotations/journal.py), so that a worker taking the run over skips that
 tile. This script measures that cost on outlines of real kidney tissue. One journal tile
-is 1024 px wide and holds a 4 x 4 mosaic of KI tubule masks (256 px at about 1 µm/px).
+is 1024 px wide and contains a 4 x 4 mosaic of KI tubule masks (256 px at about 1 µm/px).
 Each mask is traced into outlines as a run traces SAM's masks. In one process, on a
 throw-away PostgreSQL database, it times:
 
