@@ -43,7 +43,8 @@ def refusal_message(perms) -> str:
     words = [PERMISSION_WORDS.get(p, p) for p in perms]
     needed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
     roles = roles_with(perms)
-    holders = f"the {' or '.join(roles)} role" if roles else "superusers only"
+    listed = roles[0] if len(roles) == 1 else f"{', '.join(roles[:-1])} or {roles[-1]}"
+    holders = f"the {listed} role" if roles else "superusers only"
     return (
         f"Your role does not allow this: it needs the right to {needed}, which {holders} "
         f"{'has' if roles else 'have'}. Ask an admin to give you that role."

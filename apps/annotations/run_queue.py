@@ -28,7 +28,7 @@ def _run_text(run: ProposalRun) -> str:
 def _version_text(version) -> str:
     epochs = version.config.get("epochs")
     progress = (
-        f", epoch {len(version.metrics)} of {epochs}"
+        f", {len(version.metrics)} of {epochs} epochs done"
         if version.status == version.Status.RUNNING and epochs else ""
     )
     return f'training of model version "{version.name}" ({version.status}{progress})'

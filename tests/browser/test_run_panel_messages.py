@@ -39,7 +39,7 @@ def test_queued_run_names_the_work_ahead(live_product, browser_page, make_user, 
     assert page.inner_text("#run-status") == f"SAM proposal run {run.pk}: queued"
     assert page.inner_text("#run-queue") == (
         'Waiting for a worker, which first finishes: training of model version "demo-model" '
-        "(running, epoch 2 of 30)."
+        "(running, 2 of 30 epochs done)."
     )
 
 

@@ -174,6 +174,6 @@ def test_refusal_joins_two_rights_with_and(client, make_user):
     assert response.status_code == 403
     assert response.json()["detail"] == (
         "Your role does not allow this: it needs the right to view slides and run SAM "
-        "proposals, which the annotator or pathologist or admin role has. Ask an admin to give "
+        "proposals, which the annotator, pathologist or admin role has. Ask an admin to give "
         "you that role."
     )

@@ -57,7 +57,7 @@ def test_queued_run_lists_work_ahead(slides, client, make_user):
     _version("later-model", ModelVersion.Status.QUEUED, 20)
 
     expected = [
-        'training of model version "demo-model" (running, epoch 3 of 30)',
+        'training of model version "demo-model" (running, 3 of 30 epochs done)',
         f'SAM proposal run {earlier.pk} on slide "biopsy-b" (queued)',
         f'segmentation run {running.pk} with "demo-model" on slide "biopsy-b" '
         "(running, 7 of 45 tiles)",
