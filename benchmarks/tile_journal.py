@@ -1,4 +1,4 @@
-"""What the tile journal costs a run: one committed row per tile, against one encoder pass.
+"""The cost of the tile journal to a run: one committed row per tile, against one encoder pass.
 
 A proposal or segmentation run commits each finished tile's outlines to PostgreSQL before
 it goes on (apps/annotations/journal.py), so that a worker taking the run over skips that
@@ -196,10 +196,10 @@ def docs_section(result: dict) -> str:
 ## Tile journal
 
 What does the journal that lets a run resume after a crash cost?
-`benchmarks/tile_journal.py` journals {result['tiles']} tiles of 1024 px, each a 4 x 4
-mosaic of real KI tubule masks traced into {result['instances_per_tile']} outlines on
-average, in a throw-away PostgreSQL database, and times one SAM image-encoder pass
-({result['encoder']}, random weights) in the same process as the reference.
+`benchmarks/tile_journal.py` journals {result['tiles']} tiles of 1024 px in a throw-away
+PostgreSQL database. Each tile is a 4 x 4 mosaic of real KI tubule masks, traced into
+{result['instances_per_tile']} outlines on average. The reference is one SAM
+image-encoder pass ({result['encoder']}, random weights), timed in the same process.
 
 - Command: `OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tile_journal.py --write-docs`
 - Machine: {result['machine']}

@@ -1,4 +1,4 @@
-"""What a queued run waits for: the unfinished work ahead of it on the "gpu" queue.
+"""The work a queued run waits for: the unfinished tasks ahead of it on the "gpu" queue.
 
 Proposal runs, segmentation runs and training share the Celery queue "gpu", and its
 workers take one task at a time. A run that stays queued waits behind that work, or no
