@@ -141,7 +141,8 @@ def measure(slide, payloads: list[dict], *, encoder: str, encoder_passes: int) -
         write_s.append(time.perf_counter() - started)
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT sum(pg_column_size(payload)) FROM annotations_proposalruntile WHERE run_id = %s",
+            "SELECT sum(pg_column_size(payload)) FROM annotations_proposalruntile "
+            "WHERE run_id = %s",
             [run.pk],
         )
         stored_bytes = int(cursor.fetchone()[0])
