@@ -198,7 +198,9 @@ export class RunPanel {
     const kind = run.model_version_name
       ? `Segmentation run ${run.id} with ${run.model_version_name}`
       : `SAM proposal run ${run.id}`;
-    this.status.textContent = `${kind}: ${run.status}${tiles}`;
+    const shownStatus =
+      run.status === "running" && stopping ? "stopping after the current tile" : run.status;
+    this.status.textContent = `${kind}: ${shownStatus}${tiles}`;
     this.status.dataset.secondsRemaining = run.seconds_remaining ?? "";
     this.queue.textContent = run.status === "queued" ? queueMessage(run.work_ahead || []) : "";
     this.message.textContent = run.status === "failed" || run.status === "cancelled" ? run.message : "";

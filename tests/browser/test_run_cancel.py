@@ -69,7 +69,7 @@ def test_cancel_running_run_shows_cancelling(live_product, browser_page, make_us
     assert page.is_disabled("#cancel-run")
     # No time-left estimate while the run stops.
     assert page.inner_text("#run-status") == (
-        f"SAM proposal run {run.pk}: running (1 / 4 tiles with tissue)"
+        f"SAM proposal run {run.pk}: stopping after the current tile (1 / 4 tiles with tissue)"
     )
     row = in_thread(ProposalRun.objects.get, pk=run.pk)
     assert (row.status, row.cancel_requested) == ("running", True)
