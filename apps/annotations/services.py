@@ -123,15 +123,16 @@ def cancel_run(run: ProposalRun, *, user) -> ProposalRun:
             run.cancel_requested = True
             run.cancelled_by = user if user is not None and user.is_authenticated else None
         fields = ["cancel_requested", "cancelled_by"]
+        queued = run.status == ProposalRun.Status.QUEUED
         lease_lapsed = run.lease_expires_at is None or run.lease_expires_at < timezone.now()
-        if run.status == ProposalRun.Status.QUEUED:
-            run.message = cancelled_message(run.cancelled_by, "before it started")
-        elif lease_lapsed:
-            run.message = cancelled_message(
-                run.cancelled_by, f"after {run.tiles_done} of {run.tiles_total} tiles"
-            )
-            clear_journal(run.pk)
-        if run.status == ProposalRun.Status.QUEUED or lease_lapsed:
+        # A queued run has not started, and a run whose worker died has no worker to stop
+        # it, so either ends here.
+        if queued or lease_lapsed:
+            if queued:
+                run.message = cancelled_message(run.cancelled_by)
+            else:
+                run.message = cancelled_message(run.cancelled_by, run.tiles_done, run.tiles_total)
+                clear_journal(run.pk)
             run.status = ProposalRun.Status.CANCELLED
             run.finished_at = timezone.now()
             fields += ["status", "finished_at", "message"]
@@ -148,9 +149,16 @@ def cancel_run(run: ProposalRun, *, user) -> ProposalRun:
     return run
 
 
-def cancelled_message(user, when: str) -> str:
-    """Return the message of a cancelled run, e.g. "Cancelled by anna after 2 of 9 tiles."."""
+def cancelled_message(user, tiles_done: int | None = None, tiles_total: int = 0) -> str:
+    """Return the message of a cancelled run, e.g. "Cancelled by anna after 2 of 9 tiles.".
+
+    Without ``tiles_done`` the run was cancelled before it started.
+    """
     by = f" by {user.get_username()}" if user is not None else ""
+    when = (
+        "before it started" if tiles_done is None
+        else f"after {tiles_done} of {tiles_total} tiles"
+    )
     return f"Cancelled{by} {when}."
 
 
@@ -267,7 +275,7 @@ def _finish_cancelled(run: ProposalRun, owner: str, tiles_done: int, tiles_total
     of a segmentation run cancelled between writing that file and storing its instances.
     """
     row = ProposalRun.objects.select_related("cancelled_by").get(pk=run.pk)
-    message = cancelled_message(row.cancelled_by, f"after {tiles_done} of {tiles_total} tiles")
+    message = cancelled_message(row.cancelled_by, tiles_done, tiles_total)
     with transaction.atomic():
         updated = ProposalRun.objects.filter(pk=run.pk, lease_owner=owner).update(
             status=ProposalRun.Status.CANCELLED, message=message, finished_at=timezone.now(),

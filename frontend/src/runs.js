@@ -190,7 +190,7 @@ export class RunPanel {
     this.progress.max = Math.max(run.tiles_total, 1);
     this.progress.value = run.tiles_done;
     // A run that is stopping for a cancel request has no time left to estimate.
-    const stopping = run.cancel_requested || run.id === this.cancelRequestedRunId;
+    const stopping = this.cancelRequested(run);
     const left = run.status === "running" && !stopping ? timeRemainingText(run.seconds_remaining) : "";
     const tiles = run.tiles_total
       ? ` (${run.tiles_done} / ${run.tiles_total} tiles with tissue${left ? `, ${left}` : ""})`
@@ -235,9 +235,14 @@ export class RunPanel {
     this.lastRunId = run.id;
   }
 
+  // Whether a cancel of this run was requested, by the server's flag or by this page.
+  cancelRequested(run) {
+    return run.cancel_requested || run.id === this.cancelRequestedRunId;
+  }
+
   showCancelButton(run) {
     if (!this.cancelButton) return;
-    const cancelling = ACTIVE.has(run.status) && (run.cancel_requested || run.id === this.cancelRequestedRunId);
+    const cancelling = ACTIVE.has(run.status) && this.cancelRequested(run);
     this.cancelButton.hidden = !ACTIVE.has(run.status);
     this.cancelButton.disabled = cancelling;
     this.cancelButton.textContent = cancelling ? CANCELLING_LABEL : CANCEL_LABEL;

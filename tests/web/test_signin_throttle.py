@@ -386,14 +386,19 @@ def test_counters_are_shared_in_redis(client, redis_url, settings):
     assert 0 < other_process.ttl(lock_keys[0]) <= 900
 
 
-def _file_cache(settings, location, window_s=900):
+def _use_signin_cache(settings, **signin):
+    """Replace the "signin" cache with one configured by ``signin``."""
     settings.CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "signin": {
-            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-            "LOCATION": str(location), "TIMEOUT": window_s,
-        },
+        "signin": signin,
     }
+
+
+def _file_cache(settings, location, window_s=900):
+    _use_signin_cache(
+        settings, BACKEND="django.core.cache.backends.filebased.FileBasedCache",
+        LOCATION=str(location), TIMEOUT=window_s,
+    )
 
 
 def test_demo_cache_in_files_locks(client, make_user, settings, tmp_path):
@@ -471,13 +476,10 @@ def unreachable_store(settings):
     with socket.socket() as reserved:
         reserved.bind(("127.0.0.1", 0))
         port = reserved.getsockname()[1]
-    settings.CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-        "signin": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{port}/0",
-        },
-    }
+    _use_signin_cache(
+        settings, BACKEND="django.core.cache.backends.redis.RedisCache",
+        LOCATION=f"redis://127.0.0.1:{port}/0",
+    )
     return port
 
 
